@@ -35,7 +35,9 @@ def generate(out_dir: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    (out_dir / PACKAGE / "__init__.py").write_text('"""Generated from protos/kdcvg/v1 by scripts/gen_protos.py; do not edit."""\n')
+    (out_dir / PACKAGE / "__init__.py").write_text(
+        '"""Generated from protos/kdcvg/v1 by scripts/gen_protos.py; do not edit."""\n'
+    )
 
 
 def main() -> int:
@@ -53,7 +55,11 @@ def main() -> int:
         generate(Path(tmp))
         fresh, committed = Path(tmp) / PACKAGE, OUT / PACKAGE
         names = sorted(p.name for p in fresh.iterdir() if p.is_file())
-        stale = [n for n in names if not (committed / n).exists() or not filecmp.cmp(fresh / n, committed / n, shallow=False)]
+        stale = [
+            n
+            for n in names
+            if not (committed / n).exists() or not filecmp.cmp(fresh / n, committed / n, shallow=False)
+        ]
         if stale:
             print("generated code is stale, run `python scripts/gen_protos.py`:", ", ".join(stale))
             return 1

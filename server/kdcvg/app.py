@@ -1,0 +1,167 @@
+"""Builds the server from Settings and runs it: components, services, health, reflection, metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kdcvg.auth import ApiKeys
+from kdcvg.config import Settings
+from kdcvg.interceptors import ServerInterceptor
+from kdcvg.knowledge.base import KnowledgeBase, Limits
+from kdcvg.knowledge.blobs import BlobStore
+from kdcvg.knowledge.events import EventLog
+from kdcvg.knowledge.index import HnswParams, open_index
+from kdcvg.metrics import ServerMetrics
+from kdcvg.services.knowledge import KnowledgeServicer
+from kdcvg.services.unimplemented import GenerationServicer, PriorServicer, ScoringServicer
+from kdcvg.text.atomizer import Atomizer
+from kdcvg.text.batcher import MicroBatcher
+from kdcvg.text.encoder import TextEncoder
+from kdcvg.v1 import (
+    generation_pb2,
+    generation_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    prior_pb2,
+    prior_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
+
+log = logging.getLogger("kdcvg.server")
+
+SERVICE_NAMES = (
+    knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name,
+    generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name,
+    scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name,
+    prior_pb2.DESCRIPTOR.services_by_name["PriorService"].full_name,
+)
+
+
+def build_knowledge_base(
+    settings: Settings, encoder: TextEncoder | None = None, atomizer: Atomizer | None = None
+) -> KnowledgeBase:
+    """The knowledge base with the backend the settings pick. Blocking: loads models and opens the index."""
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    encoder = encoder or TextEncoder.load(
+        settings.models_dir,
+        precision=settings.encoder_precision,
+        providers=settings.encoder_providers,
+        threads=settings.encoder_threads,
+    )
+    index = open_index(
+        settings.index_backend,
+        path=data / "index",
+        url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key,
+        collection=settings.qdrant_collection,
+        dim=encoder.dim,
+        hnsw=HnswParams(m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, ef=settings.hnsw_ef),
+    )
+    limits = Limits(
+        max_text_chars=settings.max_text_chars,
+        max_caption_chars=settings.max_caption_chars,
+        max_selling_points=settings.max_selling_points,
+        max_video_frames=settings.max_video_frames,
+        max_video_pixels=settings.max_video_pixels,
+        max_search_limit=settings.max_search_limit,
+        search_candidates=settings.search_candidates,
+    )
+    return KnowledgeBase(
+        index=index,
+        blobs=BlobStore(data / "videos"),
+        events=EventLog(data / "events.sqlite3"),
+        encoder=encoder,
+        batcher=MicroBatcher(
+            encoder, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms
+        ),
+        atomizer=atomizer or Atomizer(),
+        limits=limits,
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    health: health.aio.HealthServicer
+    kb: KnowledgeBase
+    metrics: ServerMetrics
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls, lets in-flight calls finish within `grace` seconds, then closes storage."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.kb.batcher.close()
+        self.kb.close()
+        self.metrics.stop_http()
+
+
+async def start(settings: Settings, kb: KnowledgeBase | None = None) -> RunningServer:
+    """Starts serving and returns once the port is bound and every service reports SERVING."""
+    keys = ApiKeys(settings.tenants_by_key())
+    metrics = ServerMetrics()
+    if kb is None:
+        kb = await asyncio.to_thread(build_knowledge_base, settings)
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(keys, metrics)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            # The SDK pings every 60 s during calls; accept that instead of answering GOAWAY.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+        ],
+    )
+    knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
+        KnowledgeServicer(kb, max_video_bytes=settings.max_video_bytes), server
+    )
+    generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(), server)
+    scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(), server)
+    prior_pb2_grpc.add_PriorServiceServicer_to_server(PriorServicer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    metrics_port = metrics.serve_http(settings.metrics_port, settings.host) if settings.metrics_port else None
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving",
+        extra={
+            "address": f"{settings.host}:{port}",
+            "metrics_port": metrics_port,
+            "index_backend": settings.index_backend,
+            "entries": kb.count(),
+        },
+    )
+    return RunningServer(server, port, metrics_port, health_servicer, kb, metrics)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM or SIGINT, then drains in-flight calls for `shutdown_grace_s`."""
+    running = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining", extra={"grace_s": settings.shutdown_grace_s})
+    await running.stop(settings.shutdown_grace_s)
+    log.info("stopped")

@@ -1,0 +1,120 @@
+"""Server configuration: environment variables (KDCVG_*), an optional TOML file, and embedded defaults.
+
+The embedded default needs no configuration at all. Precedence: init arguments, environment, the TOML
+file named by KDCVG_CONFIG_FILE, then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="KDCVG_", env_nested_delimiter="__", extra="forbid")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = Field(9464, description="Prometheus /metrics HTTP port; 0 disables it")
+    max_message_bytes: int = 64 * MiB
+    shutdown_grace_s: float = 10.0
+    max_concurrent_rpcs: int = 256
+
+    # Auth: API key -> tenant. The embedded default has one development key.
+    api_keys: dict[str, str] = Field(default_factory=lambda: {"kdcvg-dev-key": "default"})
+    api_keys_file: Path | None = Field(
+        None, description="TOML/JSON-free text file: one `key tenant` per line"
+    )
+
+    # Storage
+    data_dir: Path = Path("data")
+
+    # Knowledge base index
+    index_backend: Literal["edge", "qdrant"] = "edge"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "kdcvg"
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    hnsw_ef: int = 64
+
+    # Text encoder
+    encoder_precision: Literal["int8", "fp32"] = "int8"
+    encoder_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    encoder_threads: int | None = None
+    encoder_cache_dir: Path | None = None
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 1.0
+
+    # Limits on requests
+    max_video_bytes: int = 48 * MiB
+    # Decoded frames are held in memory: 256 frames of 1280x720 RGB are 700 MB at most.
+    max_video_frames: int = 256
+    max_video_pixels: int = 1280 * 720
+    max_text_chars: int = 200
+    max_caption_chars: int = 1000
+    max_selling_points: int = 8
+    max_search_limit: int = 100
+    search_candidates: int = Field(
+        200, description="vector-index candidates handed to the Search-T2V filters"
+    )
+
+    # Logs
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("encoder_providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("KDCVG_CONFIG_FILE")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"KDCVG_CONFIG_FILE={config_file} does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def tenants_by_key(self) -> dict[str, str]:
+        """API key -> tenant, from `api_keys` and `api_keys_file`."""
+        keys = dict(self.api_keys)
+        if self.api_keys_file is not None:
+            for n, line in enumerate(self.api_keys_file.read_text().splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.split()
+                if len(parts) != 2:
+                    raise ValueError(f"{self.api_keys_file}:{n}: expected `<api-key> <tenant>`")
+                keys[parts[0]] = parts[1]
+        return keys
+
+    @property
+    def models_dir(self) -> Path:
+        return self.encoder_cache_dir or self.data_dir / "models"

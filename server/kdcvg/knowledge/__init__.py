@@ -1,0 +1,1 @@
+"""The knowledge base: reference creatives, their embeddings and the tenant-scoped vector index."""

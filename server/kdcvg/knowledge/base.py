@@ -1,0 +1,405 @@
+"""The knowledge base: reference creatives in (Ingest), references for selling points out (Search).
+
+It ties the parts together and holds no gRPC: video storage (BlobStore), the vector index (VectorIndex),
+the text encoder, the atomizer and the Search-T2V ranking. Every method is scoped to one tenant.
+
+Write order makes an ingest all-or-nothing: the video is spooled and fsynced, moved into place, then one
+index point (vector + the whole entry as payload) is upserted durably, and only then acknowledged. A crash
+before the upsert leaves at most an orphan video file, which the next ingest of the same bytes reuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kdcvg.errors import InvalidInput, NotFound
+from kdcvg.knowledge.blobs import BlobStore, is_sha256
+from kdcvg.knowledge.events import EventLog
+from kdcvg.knowledge.index import Hit, IndexPoint, VectorIndex
+from kdcvg.media.keyframes import select_keyframes
+from kdcvg.media.video import VideoDecodeError, decode_video
+from kdcvg.retrieval.ranking import (
+    PackedUnits,
+    RankedCandidate,
+    RankingParams,
+    UnitEmbeddingCache,
+    UnitVectors,
+    rank,
+    rank_cosine,
+)
+from kdcvg.text.atomizer import Atomizer, SemanticUnit
+from kdcvg.text.batcher import MicroBatcher
+from kdcvg.text.encoder import TextEncoder
+
+log = logging.getLogger("kdcvg.knowledge")
+
+
+@dataclass
+class Limits:
+    max_text_chars: int = 200
+    max_caption_chars: int = 1000
+    max_selling_points: int = 8
+    max_video_frames: int = 256
+    max_video_pixels: int = 1280 * 720
+    max_search_limit: int = 100
+    search_candidates: int = 200
+    max_labels: int = 32
+
+
+@dataclass
+class IngestMeta:
+    category: str
+    caption: str
+    selling_points: list[str]
+    motion: str = ""
+    product: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    id: str
+    tenant: str
+    category: str
+    caption: str
+    selling_points: list[str]
+    motion: str
+    product: str
+    labels: dict[str, str]
+    frame_count: int
+    width: int
+    height: int
+    fps: float
+    keyframes: list[int]
+    units: list[SemanticUnit]
+    video_bytes: int
+    created_ms: int
+    has_prior: bool = False
+
+    def payload(self) -> dict:
+        data = asdict(self)
+        data["units"] = [[u.motion, u.actor, u.recipient, u.core] for u in self.units]
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> Entry:
+        data = dict(payload)
+        data["units"] = [SemanticUnit(m, a, r, bool(c)) for m, a, r, c in data.get("units", [])]
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Reference:
+    entry: Entry
+    parts: RankedCandidate
+
+
+@dataclass
+class SearchResult:
+    references: list[Reference]
+    query_units: list[SemanticUnit]
+    retrieval_id: str
+    candidates: int
+    stage_micros: dict[str, int]
+
+
+def point_key(tenant: str, entry_id: str) -> str:
+    return f"{tenant}/{entry_id}"
+
+
+def core_first(units_per_text: Sequence[list[SemanticUnit]]) -> list[SemanticUnit]:
+    """Flattens per-text units into one list with exactly one core unit.
+
+    The core is the core unit of the first text whose core carries a motion (a selling point such as
+    "spins to show every angle" names the motion the ad needs), else the first text's core."""
+    flat = [u for units in units_per_text for u in units]
+    if not flat:
+        return []
+    cores = [u for units in units_per_text for u in units if u.core]
+    chosen = next((u for u in cores if u.motion), cores[0] if cores else flat[0])
+    index = next(i for i, u in enumerate(flat) if u is chosen)
+    return [SemanticUnit(u.motion, u.actor, u.recipient, i == index) for i, u in enumerate(flat)]
+
+
+def entry_text(caption: str, selling_points: Sequence[str]) -> str:
+    return ". ".join([caption.strip().rstrip("."), *[s.strip() for s in selling_points]])
+
+
+def query_text(product: str, selling_points: Sequence[str]) -> str:
+    return ". ".join([p for p in [product.strip()] if p] + [s.strip() for s in selling_points])
+
+
+class KnowledgeBase:
+    """Thread- and task-safe. Blocking work runs in worker threads, never on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        index: VectorIndex,
+        blobs: BlobStore,
+        events: EventLog,
+        encoder: TextEncoder,
+        batcher: MicroBatcher,
+        atomizer: Atomizer,
+        limits: Limits | None = None,
+        ranking: RankingParams | None = None,
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.events = events
+        self.encoder = encoder
+        self.batcher = batcher
+        self.atomizer = atomizer
+        self.limits = limits or Limits()
+        self.ranking = ranking or RankingParams()
+        self.unit_cache = UnitEmbeddingCache(encoder.encode)
+        self._ingest_locks: dict[str, asyncio.Lock] = {}
+
+    # --- validation -----------------------------------------------------------------------------------
+
+    def _check_texts(self, selling_points: Sequence[str], what: str = "selling_points") -> list[str]:
+        lim = self.limits
+        if not selling_points:
+            raise InvalidInput(f"{what} is empty: send 1-{lim.max_selling_points} selling points")
+        if len(selling_points) > lim.max_selling_points:
+            raise InvalidInput(
+                f"{what} has {len(selling_points)} items; at most {lim.max_selling_points} allowed"
+            )
+        cleaned = []
+        for i, text in enumerate(selling_points):
+            text = text.strip()
+            if not text:
+                raise InvalidInput(f"{what}[{i}] is empty or whitespace")
+            if len(text) > lim.max_text_chars:
+                raise InvalidInput(
+                    f"{what}[{i}] has {len(text)} characters; at most {lim.max_text_chars} allowed"
+                )
+            cleaned.append(text)
+        return cleaned
+
+    def validate_meta(self, meta: IngestMeta) -> IngestMeta:
+        caption = meta.caption.strip()
+        if not caption:
+            raise InvalidInput("metadata.caption is empty: describe the creative in a sentence")
+        if len(caption) > self.limits.max_caption_chars:
+            raise InvalidInput(
+                f"metadata.caption has {len(caption)} characters; at most {self.limits.max_caption_chars} allowed"
+            )
+        points = self._check_texts(meta.selling_points, "metadata.selling_points")
+        if len(meta.labels) > self.limits.max_labels:
+            raise InvalidInput(
+                f"metadata.labels has {len(meta.labels)} pairs; at most {self.limits.max_labels}"
+            )
+        for text, name in ((meta.motion, "motion"), (meta.product, "product")):
+            if len(text) > self.limits.max_text_chars:
+                raise InvalidInput(f"metadata.{name} is longer than {self.limits.max_text_chars} characters")
+        return IngestMeta(
+            meta.category, caption, points, meta.motion.strip(), meta.product.strip(), dict(meta.labels)
+        )
+
+    # --- ingest ---------------------------------------------------------------------------------------
+
+    async def ingest(
+        self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int
+    ) -> tuple[Entry, bool]:
+        """Stores a fully received video. Returns the entry and whether it already existed."""
+        meta = self.validate_meta(meta)
+        lock = self._ingest_locks.setdefault(point_key(tenant, sha256), asyncio.Lock())
+        try:
+            async with lock:
+                existing = await asyncio.to_thread(self._get_or_none, tenant, sha256)
+                if existing is not None:
+                    spooled.unlink(missing_ok=True)
+                    return existing, True
+                entry = await self._build_entry(tenant, meta, spooled, sha256, size)
+                vector = (await self.batcher.encode_many([entry_text(meta.caption, meta.selling_points)]))[0]
+                await asyncio.to_thread(self._commit, tenant, sha256, spooled, entry, vector)
+                return entry, False
+        finally:
+            spooled.unlink(missing_ok=True)
+            if not lock.locked():
+                self._ingest_locks.pop(point_key(tenant, sha256), None)
+
+    async def _build_entry(
+        self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int
+    ) -> Entry:
+        data = await asyncio.to_thread(spooled.read_bytes)
+        try:
+            video = await asyncio.to_thread(
+                decode_video,
+                data,
+                max_frames=self.limits.max_video_frames,
+                max_pixels=self.limits.max_video_pixels,
+            )
+        except VideoDecodeError as exc:
+            raise InvalidInput(f"the upload is not a usable video: {exc}") from exc
+        keyframes = await asyncio.to_thread(select_keyframes, video.frames)
+        per_text = await asyncio.to_thread(self.atomizer.atomize_many, [meta.caption, *meta.selling_points])
+        units = core_first(per_text)
+        # Warm the unit cache now so searches that meet this entry find its unit vectors ready.
+        await asyncio.to_thread(self.unit_cache.embed, unit_strings(units))
+        _, height, width = video.frames.shape[:3]
+        return Entry(
+            id=sha256,
+            tenant=tenant,
+            category=meta.category,
+            caption=meta.caption,
+            selling_points=meta.selling_points,
+            motion=meta.motion,
+            product=meta.product,
+            labels=meta.labels,
+            frame_count=int(video.frames.shape[0]),
+            width=int(width),
+            height=int(height),
+            fps=float(video.fps),
+            keyframes=[int(k) for k in keyframes],
+            units=units,
+            video_bytes=size,
+            created_ms=int(time.time() * 1000),
+        )
+
+    def _commit(self, tenant: str, sha256: str, spooled: Path, entry: Entry, vector: np.ndarray) -> None:
+        self.blobs.commit(spooled, tenant, sha256)
+        payload = entry.payload() | {"tenant": tenant, "category": entry.category}
+        self.index.upsert([IndexPoint(id=point_key(tenant, sha256), vector=vector, payload=payload)])
+
+    # --- read / delete --------------------------------------------------------------------------------
+
+    def _get_or_none(self, tenant: str, entry_id: str) -> Entry | None:
+        hits = self.index.retrieve([point_key(tenant, entry_id)], tenant=tenant)
+        return Entry.from_payload(hits[0].payload) if hits else None
+
+    def _check_id(self, entry_id: str) -> str:
+        entry_id = entry_id.strip().lower()
+        if not is_sha256(entry_id):
+            raise InvalidInput(f"id {entry_id!r} is not an entry id (64 hex characters of a sha256)")
+        return entry_id
+
+    def get(self, tenant: str, entry_id: str) -> Entry:
+        entry_id = self._check_id(entry_id)
+        entry = self._get_or_none(tenant, entry_id)
+        if entry is None:
+            raise NotFound(f"no entry {entry_id} for this tenant")
+        return entry
+
+    def delete(self, tenant: str, entry_id: str) -> None:
+        entry = self.get(tenant, entry_id)
+        self.index.delete([point_key(tenant, entry.id)], tenant=tenant)
+        self.blobs.delete(tenant, entry.id)
+
+    def video(self, tenant: str, entry_id: str) -> bytes:
+        entry = self.get(tenant, entry_id)
+        return self.blobs.read(tenant, entry.id)
+
+    def count(self, tenant: str | None = None) -> int:
+        return self.index.count(tenant)
+
+    # --- search ---------------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        tenant: str,
+        selling_points: Sequence[str],
+        *,
+        product: str = "",
+        category: str | None = None,
+        limit: int = 5,
+        ranking: str = "search_t2v",
+    ) -> SearchResult:
+        points = self._check_texts(selling_points)
+        if len(product) > self.limits.max_text_chars:
+            raise InvalidInput(f"product is longer than {self.limits.max_text_chars} characters")
+        if not 1 <= limit <= self.limits.max_search_limit:
+            raise InvalidInput(f"limit {limit} is out of range 1-{self.limits.max_search_limit}")
+        stages: dict[str, int] = {}
+
+        async def parse() -> list[SemanticUnit]:
+            t0 = time.perf_counter()
+            per_text = await asyncio.to_thread(self.atomizer.atomize_many, points)
+            stages["parse"] = int((time.perf_counter() - t0) * 1e6)
+            return core_first(per_text)
+
+        async def encode() -> np.ndarray:
+            t0 = time.perf_counter()
+            vec = (await self.batcher.encode_many([query_text(product, points)]))[0]
+            stages["encode"] = int((time.perf_counter() - t0) * 1e6)
+            return vec
+
+        units, vector = await asyncio.gather(parse(), encode())
+        refs, n_candidates = await asyncio.to_thread(
+            self._rank, tenant, vector, units, category, limit, ranking, stages
+        )
+        t0 = time.perf_counter()
+        query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
+        retrieval_id = await asyncio.to_thread(
+            self.events.add_retrieval, tenant, query, [r.entry.id for r in refs]
+        )
+        stages["log"] = int((time.perf_counter() - t0) * 1e6)
+        return SearchResult(refs, units, retrieval_id, n_candidates, stages)
+
+    def _rank(
+        self,
+        tenant: str,
+        vector: np.ndarray,
+        units: list[SemanticUnit],
+        category: str | None,
+        limit: int,
+        ranking: str,
+        stages: dict[str, int],
+    ) -> tuple[list[Reference], int]:
+        t0 = time.perf_counter()
+        pool = limit if ranking == "cosine" else max(limit, self.limits.search_candidates)
+        hits: list[Hit] = self.index.search(vector, tenant=tenant, category=category, limit=pool)
+        t1 = time.perf_counter()
+        stages["index"] = int((t1 - t0) * 1e6)
+        if not hits:
+            stages["rank"] = 0
+            return [], 0
+        entries = [Entry.from_payload(h.payload) for h in hits]
+        cand_total = np.asarray([h.score for h in hits], dtype=np.float32)
+        if ranking == "cosine":
+            ranked = rank_cosine(cand_total, limit=limit)
+        else:
+            embed, dim = self.unit_cache.embed, self.encoder.dim
+            ranked = rank(
+                UnitVectors.from_units(units, embed, dim),
+                cand_total,
+                PackedUnits.from_units([e.units for e in entries], embed, dim),
+                self.ranking,
+                limit=limit,
+            )
+        stages["rank"] = int((time.perf_counter() - t1) * 1e6)
+        return [Reference(entries[r.index], r) for r in ranked[:limit]], len(hits)
+
+    # --- feedback -------------------------------------------------------------------------------------
+
+    def feedback(self, tenant: str, retrieval_id: str, entry_id: str, reward: float, note: str) -> str:
+        if not retrieval_id.strip():
+            raise InvalidInput("retrieval_id is empty: quote the retrieval_id of a SearchResponse")
+        entry_id = self._check_id(entry_id)
+        if not np.isfinite(reward) or not -1.0 <= reward <= 1.0:
+            raise InvalidInput(f"reward {reward} is out of range [-1, 1]")
+        if len(note) > self.limits.max_caption_chars:
+            raise InvalidInput(f"note is longer than {self.limits.max_caption_chars} characters")
+        entries = self.events.retrieval_entries(tenant, retrieval_id.strip())
+        if entries is None:
+            raise NotFound(f"no retrieval {retrieval_id} for this tenant")
+        if entry_id not in entries:
+            raise InvalidInput(f"entry {entry_id} was not among the references of retrieval {retrieval_id}")
+        return self.events.add_feedback(tenant, retrieval_id.strip(), entry_id, float(reward), note).event_id
+
+    def close(self) -> None:
+        self.index.close()
+        self.events.close()
+
+
+def unit_strings(units: Sequence[SemanticUnit]) -> list[str]:
+    return [s for u in units for s in (u.motion, u.actor, u.recipient) if s]

@@ -1,0 +1,80 @@
+"""Prometheus metrics, served on their own HTTP port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.006,
+    0.008,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+
+
+class ServerMetrics:
+    """All series the server exports. One registry per server so tests can run several servers."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "kdcvg_grpc_requests",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "kdcvg_grpc_latency_seconds",
+            "RPC latency from handler start to end, by method and status code",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "kdcvg_grpc_in_flight", "RPCs being handled", ["method"], registry=self.registry
+        )
+        self.stage_latency = Histogram(
+            "kdcvg_stage_latency_seconds",
+            "Time in one stage of a request (encode, parse, index, rank, decode, ...)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.kb_entries_ingested = Counter(
+            "kdcvg_kb_ingested",
+            "Ingests, by outcome (created, existing)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.encoder_batches = Counter("kdcvg_encoder_batches", "Encoder batches run", registry=self.registry)
+        self.encoder_items = Counter(
+            "kdcvg_encoder_items", "Texts encoded in batches", registry=self.registry
+        )
+
+    def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
+        """Starts the /metrics endpoint; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http_server = server
+        return server.server_port
+
+    def stop_http(self) -> None:
+        server = getattr(self, "_http_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._http_server = None

@@ -1,0 +1,1 @@
+"""Text side of the server: the ONNX Runtime sentence encoder, its asyncio micro-batcher, the atomizer."""

@@ -1,0 +1,180 @@
+"""Micro-batching of concurrent encode calls on an asyncio loop.
+
+One worker task collects the jobs that arrive within max_wait_ms of the first (up to max_batch texts), runs
+them as one encoder call in a worker thread, and hands each caller its rows. Only one encoder call is in
+flight at a time: on a few cores concurrent ORT runs only fight over threads, and while one batch runs the
+next one fills up by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+_CLOSE = object()
+
+
+class MicroBatcher:
+    """Batches concurrent `encode` / `encode_many` calls into single encoder calls."""
+
+    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait_ms: float = 1.0) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must not be negative")
+        self._encode: Callable[[Sequence[str]], np.ndarray] = encoder.encode
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        # Counters for metrics.
+        self.batches_run = 0
+        self.items = 0
+        self._queue: asyncio.Queue[_Job | object] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._carry: _Job | None = None
+        self._closed = False
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches_run if self.batches_run else 0.0
+
+    async def encode(self, text: str) -> np.ndarray:
+        """The embedding of one text, float32 (dim,)."""
+        return (await self._submit([text]))[0]
+
+    async def encode_many(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of several texts, float32 (n, dim), kept together in one batch."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
+        return await self._submit(list(texts))
+
+    async def close(self) -> None:
+        """Finish the jobs already queued, then stop the worker. Later calls raise RuntimeError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is None:
+            return
+        assert self._queue is not None
+        self._queue.put_nowait(_CLOSE)
+        try:
+            await self._worker
+        finally:
+            assert self._executor is not None
+            self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> MicroBatcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _submit(self, texts: list[str]) -> np.ndarray:
+        if self._closed:
+            raise RuntimeError("MicroBatcher is closed")
+        if not texts:
+            return await asyncio.to_thread(self._encode, texts)  # for the (0, dim) shape
+        loop = asyncio.get_running_loop()
+        if self._worker is not None and self._worker.done():
+            error = None if self._worker.cancelled() else self._worker.exception()
+            raise RuntimeError("MicroBatcher worker has stopped") from error
+        if self._worker is None:
+            self._queue = asyncio.Queue()
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encoder")
+            self._worker = loop.create_task(self._run(), name="text-encoder-batcher")
+        assert self._queue is not None
+        job = _Job(texts, loop.create_future())
+        self._queue.put_nowait(job)
+        # A cancelled caller cancels its future; the worker skips it or drops its rows.
+        return await job.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            closing = False
+            while not closing:
+                jobs, closing = await self._collect()
+                if jobs:
+                    await self._run_batch(loop, jobs)
+        finally:
+            # Only reached with jobs left when the worker is cancelled (e.g. the loop shuts down):
+            # fail them rather than leave their callers waiting.
+            assert self._queue is not None
+            left = [self._carry]
+            while not self._queue.empty():
+                left.append(self._queue.get_nowait())
+            self._carry = None
+            for job in left:
+                if isinstance(job, _Job) and not job.future.done():
+                    job.future.set_exception(RuntimeError("MicroBatcher stopped before running this job"))
+
+    async def _collect(self) -> tuple[list[_Job], bool]:
+        """The next batch: the first job, then whatever arrives within max_wait_ms; True if closing."""
+        assert self._queue is not None
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        if first is _CLOSE:
+            return [], True
+        assert isinstance(first, _Job)
+        jobs, size = [first], len(first.texts)
+        if size < self.max_batch and self._queue.qsize() < self.max_batch:
+            await asyncio.sleep(self.max_wait_ms / 1000)
+        while size < self.max_batch and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is _CLOSE:
+                return jobs, True
+            assert isinstance(job, _Job)
+            if job.future.done():  # its caller was cancelled while it waited
+                continue
+            if size + len(job.texts) > self.max_batch:
+                self._carry = job  # a job's texts stay in one batch
+                break
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs, False
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        live = [job for job in jobs if not job.future.done()]
+        if not live:
+            return
+        texts = [text for job in live for text in job.texts]
+        try:
+            vectors = await loop.run_in_executor(self._executor, self._encode, texts)
+        except Exception as exc:  # the callers get the error; the worker goes on
+            log.exception("text encoder batch of %d texts failed", len(texts))
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError("MicroBatcher stopped while running this job"))
+            raise
+        self.batches_run += 1
+        self.items += len(texts)
+        start = 0
+        for job in live:
+            end = start + len(job.texts)
+            if not job.future.done():
+                job.future.set_result(vectors[start:end].copy())
+            start = end

@@ -1,0 +1,187 @@
+"""The atomizer on advertiser-style fragments: terse selling points the small parser gets wrong."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kdcvg.text.atomizer import Atomizer, SemanticUnit
+
+# phrase -> the core unit's (motion, actor, recipient); a set lists acceptable motions.
+CORE = [
+    ("spins to show every angle", "spin", "", ""),
+    ("a golden retriever chases a red ball", "chase", "retriever", "ball"),
+    ("360° look at the bottle", "look", "", "bottle"),
+    ("glides smoothly to the left", {"glide left"}, "", ""),
+    ("glides to the left", {"glide left"}, "", ""),
+    ("bottle spinning on a table", "spin", "bottle", "table"),
+    ("the bottle rotates slowly", "rotate", "bottle", ""),
+    ("zooms in on the label", {"zoom in", "zoom"}, "", "label"),
+    ("zoom in on the label", {"zoom in", "zoom"}, "", "label"),
+    ("watch floating above the table", "float", "watch", "table"),
+    ("slide left", "slide left", "", ""),
+    ("turn around", "turn around", "", ""),
+    ("the camera pans across the kitchen", "pan", "camera", "kitchen"),
+    ("juice bottle spinning", "spin", "juice bottle", ""),
+    ("bubbles rise in the glass", "rise", "bubble", "glass"),
+    ("sneakers bouncing on the pavement", "bounce", "sneaker", "pavement"),
+    ("the lid pops open", "pop open", "lid", ""),
+    ("steam rises from the coffee cup", "rise", "steam", "coffee cup"),
+    ("the phone flips over to show the screen", "flip over", "phone", ""),
+    ("water splashes onto the watch", "splash", "water", "watch"),
+    ("the bottle is spun by a hand", "spin", "hand", "bottle"),
+    ("the dog that chases the ball", "chase", "dog", "ball"),
+    ("a woman applies cream to her face", "apply", "woman", "face"),
+    ("rotates 360 degrees", "rotate", "", ""),
+    ("melts in your mouth", "melt", "", "mouth"),
+    ("a spinning bottle", "spin", "bottle", ""),
+    ("close-up of the lipstick twisting up", "twist up", "lipstick", ""),
+    ("earbuds pop out of the case", "pop out", "earbud", "case"),
+    ("A chef slices tomatoes on a wooden board.", "slice", "chef", "tomato"),
+    ("hands unwrap a gift box", "unwrap", "hand", "gift box"),
+    ("smartphone slides out of the pocket", "slide out", "smartphone", "pocket"),
+    ("coffee pouring into a white mug", "pour", "coffee", "mug"),
+    ("slow motion pour", "pour", "", ""),
+    ("SPINS TO SHOW EVERY ANGLE", "spin", "", ""),
+    ('"Spins!"', "spin", "", ""),
+]
+
+# No verb at all: one unit, empty motion, the head noun (if any) as actor. Nouns that are also verbs
+# ("bottles", "glass") must not turn into motions.
+VERBLESS = [
+    ("50% off today", ""),
+    ("new formula, twice the shine", "formula"),
+    ("free shipping on all orders", "shipping"),
+    ("glass bottles on a table", "glass bottle"),
+    ("bottles of juice", "bottle"),
+    ("stunning design", "design"),
+]
+
+EVERYTHING = (
+    [c[0] for c in CORE]
+    + [v[0] for v in VERBLESS]
+    + [
+        "hands pick up the phone and unlock it",
+        "a dog and a cat chase a ball",
+        "pours juice into a glass",
+        "The vacuum cleaner glides under the sofa and picks up dust.",
+        "A woman in a red dress walks along the beach at sunset. Waves roll onto the sand.",
+    ]
+)
+
+
+def core(units: list[SemanticUnit]) -> SemanticUnit:
+    cores = [u for u in units if u.core]
+    assert len(cores) == 1, units
+    return cores[0]
+
+
+@pytest.mark.parametrize(("phrase", "motion", "actor", "recipient"), CORE, ids=[c[0] for c in CORE])
+def test_core_unit(atomizer: Atomizer, phrase, motion, actor, recipient):
+    unit = core(atomizer.atomize(phrase))
+    motions = motion if isinstance(motion, set) else {motion}
+    assert (unit.motion in motions, unit.actor, unit.recipient) == (True, actor, recipient), unit
+
+
+@pytest.mark.parametrize(("phrase", "actor"), VERBLESS, ids=[v[0] for v in VERBLESS])
+def test_verbless_phrase_keeps_the_head_noun(atomizer: Atomizer, phrase, actor):
+    assert atomizer.atomize(phrase) == [SemanticUnit("", actor, "", True)]
+
+
+def test_every_verb_forms_a_unit(atomizer: Atomizer):
+    units = atomizer.atomize("hands pick up the phone and unlock it")
+    assert [(u.motion, u.actor, u.recipient, u.core) for u in units] == [
+        ("pick up", "hand", "phone", True),
+        ("unlock", "hand", "", False),  # subject inherited over "and"; "it" points elsewhere
+    ]
+    spins = atomizer.atomize("spins to show every angle")
+    assert {(u.motion, u.recipient) for u in spins} == {("spin", ""), ("show", "angle")}
+
+
+def test_each_conjoined_subject_is_a_unit(atomizer: Atomizer):
+    units = atomizer.atomize("a dog and a cat chase a ball")
+    assert {(u.motion, u.actor, u.recipient) for u in units} == {
+        ("chase", "dog", "ball"),
+        ("chase", "cat", "ball"),
+    }
+    assert core(units).actor == "dog"
+
+
+def test_caption_sentences_each_take_the_fallbacks(atomizer: Atomizer):
+    caption = (
+        "A woman in a red dress walks along the beach at sunset. Waves roll onto the sand. "
+        "The camera slowly pans to reveal the resort."
+    )
+    units = atomizer.atomize(caption)
+    # The first sentence alone is a misparse ("walks" as a noun) that only the fallbacks recover.
+    assert core(units) == SemanticUnit("walk", "woman", "beach", True)
+    assert {(u.motion, u.actor, u.recipient) for u in units} >= {("roll", "wave", "sand"), ("pan", "camera", "")}
+
+
+def test_core_is_the_first_sentence_core_with_a_motion(atomizer: Atomizer):
+    units = atomizer.atomize("New formula. Spins to show every angle.")
+    assert core(units).motion == "spin"
+    assert SemanticUnit("", "formula", "", False) in units
+
+
+@pytest.mark.parametrize(("text", "actor"), [("!!!", ""), ("100%", ""), ("🔥🔥 hot deal 🔥", "deal")])
+def test_odd_text_gives_one_empty_motion_unit(atomizer: Atomizer, text, actor):
+    assert atomizer.atomize(text) == [SemanticUnit("", actor, "", True)]
+
+
+@pytest.mark.parametrize("phrase", EVERYTHING)
+def test_exactly_one_core_and_lowercase_lemmas(atomizer: Atomizer, phrase):
+    units = atomizer.atomize(phrase)
+    assert units
+    assert sum(u.core for u in units) == 1
+    for u in units:
+        for s in (u.motion, u.actor, u.recipient):
+            assert s == s.lower() == s.strip()
+            assert "  " not in s
+    # Adjectives, determiners and numbers never reach a unit.
+    words = {w for u in units for s in (u.actor, u.recipient) for w in s.split()}
+    assert not words & {"a", "the", "golden", "red", "white", "wooden", "every", "360", "50", "slowly"}
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t\n  "])
+def test_blank_text_gives_no_units(atomizer: Atomizer, text):
+    assert atomizer.atomize(text) == []
+    assert atomizer.atomize_many([text, "the bottle rotates", text])[::2] == [[], []]
+
+
+def test_batch_equals_single(atomizer: Atomizer):
+    fresh = Atomizer(nlp=atomizer.nlp, cache_size=0)  # shares the model, not the cache
+    batch = fresh.atomize_many(EVERYTHING + EVERYTHING[:3])
+    single = [Atomizer(nlp=atomizer.nlp, cache_size=0).atomize(p) for p in EVERYTHING]
+    assert batch[: len(EVERYTHING)] == single
+    assert batch[len(EVERYTHING) :] == single[:3]
+
+
+def test_cache_returns_copies(atomizer: Atomizer):
+    first = atomizer.atomize("the bottle rotates slowly")
+    first.clear()
+    assert atomizer.atomize("the bottle rotates slowly") == [SemanticUnit("rotate", "bottle", "", True)]
+    # Spacing and shouting normalise to the same text.
+    assert atomizer.atomize("  THE BOTTLE   ROTATES SLOWLY ") == atomizer.atomize("the bottle rotates slowly")
+
+
+def test_threads_agree(atomizer: Atomizer):
+    shared = Atomizer(nlp=atomizer.nlp, cache_size=8)  # small cache: threads also evict
+    expected = [Atomizer(nlp=atomizer.nlp).atomize(p) for p in EVERYTHING]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            order = EVERYTHING[offset:] + EVERYTHING[:offset]
+            got = shared.atomize_many(order)
+            assert got == expected[offset:] + expected[:offset]
+        except BaseException as exc:  # noqa: BLE001 - reported in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k * 7,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
