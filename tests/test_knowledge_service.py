@@ -86,15 +86,11 @@ async def test_ingest_get_search_delete(channel, server):
     assert sum(u.core for u in entry.units) == 1
     got = await stub.Get(knowledge_pb2.GetRequest(id=entry.id), metadata=auth())
     assert got.entry == entry
-    found = await stub.Search(
-        knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth()
-    )
+    found = await stub.Search(knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth())
     assert found.references[0].entry.id == entry.id
     assert found.retrieval_id
     await stub.Delete(knowledge_pb2.DeleteRequest(id=entry.id), metadata=auth())
-    await expect_status(
-        stub.Get(knowledge_pb2.GetRequest(id=entry.id), metadata=auth()), grpc.StatusCode.NOT_FOUND
-    )
+    await expect_status(stub.Get(knowledge_pb2.GetRequest(id=entry.id), metadata=auth()), grpc.StatusCode.NOT_FOUND)
     assert nothing_written(server)
 
 
@@ -155,9 +151,7 @@ async def test_search_category_filter_and_tenancy(channel):
     )
     assert [r.entry.category for r in reply.references] == [common_pb2.CATEGORY_ELECTRONICS_MOBILITY]
     # Tenant beta sees nothing of alpha's: not by search, get, delete or feedback.
-    other = await stub.Search(
-        knowledge_pb2.SearchRequest(selling_points=["anything"]), metadata=auth(OTHER_KEY)
-    )
+    other = await stub.Search(knowledge_pb2.SearchRequest(selling_points=["anything"]), metadata=auth(OTHER_KEY))
     assert list(other.references) == []
     food_id = hashlib.sha256(food).hexdigest()
     await expect_status(
@@ -167,9 +161,7 @@ async def test_search_category_filter_and_tenancy(channel):
         stub.Delete(knowledge_pb2.DeleteRequest(id=food_id), metadata=auth(OTHER_KEY)),
         grpc.StatusCode.NOT_FOUND,
     )
-    mine = await stub.Search(
-        knowledge_pb2.SearchRequest(selling_points=c_food.selling_points), metadata=auth()
-    )
+    mine = await stub.Search(knowledge_pb2.SearchRequest(selling_points=c_food.selling_points), metadata=auth())
     await expect_status(
         stub.Feedback(
             knowledge_pb2.FeedbackRequest(retrieval_id=mine.retrieval_id, entry_id=food_id, reward=1),
@@ -197,9 +189,7 @@ async def test_search_category_filter_and_tenancy(channel):
 async def test_ingest_rejects_bad_metadata(channel, server, overrides, fragment):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     video, creative = clip(3)
-    await expect_status(
-        ingest(stub, video, creative, **overrides), grpc.StatusCode.INVALID_ARGUMENT, fragment
-    )
+    await expect_status(ingest(stub, video, creative, **overrides), grpc.StatusCode.INVALID_ARGUMENT, fragment)
     assert nothing_written(server)
 
 
@@ -287,9 +277,7 @@ async def test_ingest_cancelled_midway_leaves_nothing(channel, server):
 )
 async def test_search_rejects_bad_input(channel, request_kwargs, code, fragment):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
-    await expect_status(
-        stub.Search(knowledge_pb2.SearchRequest(**request_kwargs), metadata=auth()), code, fragment
-    )
+    await expect_status(stub.Search(knowledge_pb2.SearchRequest(**request_kwargs), metadata=auth()), code, fragment)
 
 
 async def test_search_deadline_and_cancellation(channel):
@@ -310,12 +298,8 @@ async def test_search_deadline_and_cancellation(channel):
 async def test_get_delete_bad_ids(channel):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     for rpc in (stub.Get, stub.Delete):
-        request = (
-            knowledge_pb2.GetRequest(id="nope") if rpc is stub.Get else knowledge_pb2.DeleteRequest(id="nope")
-        )
-        await expect_status(
-            rpc(request, metadata=auth()), grpc.StatusCode.INVALID_ARGUMENT, "not an entry id"
-        )
+        request = knowledge_pb2.GetRequest(id="nope") if rpc is stub.Get else knowledge_pb2.DeleteRequest(id="nope")
+        await expect_status(rpc(request, metadata=auth()), grpc.StatusCode.INVALID_ARGUMENT, "not an entry id")
     await expect_status(
         stub.Delete(knowledge_pb2.DeleteRequest(id="a" * 64), metadata=auth()), grpc.StatusCode.NOT_FOUND
     )
@@ -325,13 +309,9 @@ async def test_feedback_is_validated_and_durable(channel, server):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     video, creative = clip(6)
     entry = (await ingest(stub, video, creative)).entry
-    found = await stub.Search(
-        knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth()
-    )
+    found = await stub.Search(knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth())
     reply = await stub.Feedback(
-        knowledge_pb2.FeedbackRequest(
-            retrieval_id=found.retrieval_id, entry_id=entry.id, reward=0.75, note="ctr up"
-        ),
+        knowledge_pb2.FeedbackRequest(retrieval_id=found.retrieval_id, entry_id=entry.id, reward=0.75, note="ctr up"),
         metadata=auth(),
     )
     assert reply.event_id
@@ -358,9 +338,7 @@ async def test_feedback_is_validated_and_durable(channel, server):
         ),
     ]
     for kwargs, code, fragment in bad:
-        await expect_status(
-            stub.Feedback(knowledge_pb2.FeedbackRequest(**kwargs), metadata=auth()), code, fragment
-        )
+        await expect_status(stub.Feedback(knowledge_pb2.FeedbackRequest(**kwargs), metadata=auth()), code, fragment)
     from kdcvg.knowledge.events import EventLog
 
     reopened = EventLog(server.kb.events.path)
@@ -373,9 +351,7 @@ async def test_auth_is_required_everywhere(channel):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     request = knowledge_pb2.SearchRequest(selling_points=["spins"])
     await expect_status(stub.Search(request), grpc.StatusCode.UNAUTHENTICATED, "API key")
-    await expect_status(
-        stub.Search(request, metadata=auth("wrong")), grpc.StatusCode.UNAUTHENTICATED, "API key"
-    )
+    await expect_status(stub.Search(request, metadata=auth("wrong")), grpc.StatusCode.UNAUTHENTICATED, "API key")
     await expect_status(
         stub.Search(request, metadata=(("authorization", "Basic abc"),)), grpc.StatusCode.UNAUTHENTICATED
     )
@@ -420,10 +396,50 @@ async def test_graceful_shutdown_drains_in_flight(settings, encoder, atomizer):
         await asyncio.sleep(0.3)
         # New calls are refused while draining, the in-flight one completes.
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Search(
-                knowledge_pb2.SearchRequest(selling_points=["spins"]), metadata=auth(), timeout=2
-            )
+            await stub.Search(knowledge_pb2.SearchRequest(selling_points=["spins"]), metadata=auth(), timeout=2)
         gate.set()
         reply = await call
         await stopping
     assert reply.entry.id == hashlib.sha256(video).hexdigest()
+
+
+async def test_qdrant_server_backend_serves_the_same_api(settings, encoder, atomizer):
+    """The production backend (qdrant-client) behind the same KnowledgeBase and RPCs. No Qdrant server can
+    run here, so qdrant-client's local mode stands in for it: the client calls are the same."""
+    from qdrant_client import QdrantClient
+
+    from kdcvg.app import start
+    from kdcvg.knowledge.base import KnowledgeBase
+    from kdcvg.knowledge.blobs import BlobStore
+    from kdcvg.knowledge.events import EventLog
+    from kdcvg.knowledge.index import QdrantServerIndex
+    from kdcvg.text.batcher import MicroBatcher
+
+    data = settings.data_dir
+    kb = KnowledgeBase(
+        index=QdrantServerIndex(QdrantClient(location=":memory:"), "kdcvg", dim=encoder.dim),
+        blobs=BlobStore(data / "videos"),
+        events=EventLog(data / "events.sqlite3"),
+        encoder=encoder,
+        batcher=MicroBatcher(encoder),
+        atomizer=atomizer,
+    )
+    running = await start(settings, kb)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = knowledge_pb2_grpc.KnowledgeServiceStub(ch)
+            video, creative = clip(40, motions=["orbit"])
+            entry = (await ingest(stub, video, creative)).entry
+            assert (await ingest(stub, video, creative)).already_existed
+            reply = await stub.Search(
+                knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth()
+            )
+            assert reply.references[0].entry.id == entry.id
+            other = await stub.Search(
+                knowledge_pb2.SearchRequest(selling_points=creative.selling_points), metadata=auth(OTHER_KEY)
+            )
+            assert list(other.references) == []
+            await stub.Delete(knowledge_pb2.DeleteRequest(id=entry.id), metadata=auth())
+            assert kb.count() == 0
+    finally:
+        await running.stop(0.5)

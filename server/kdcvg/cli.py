@@ -22,9 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # work is small, one thread does it fastest.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-app = typer.Typer(
-    help="kdcvg: knowledge-driven creative ad video generation over gRPC.", no_args_is_help=True
-)
+app = typer.Typer(help="kdcvg: knowledge-driven creative ad video generation over gRPC.", no_args_is_help=True)
 kb_app = typer.Typer(help="Knowledge-base commands, against a running server.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 console = Console()
@@ -43,10 +41,17 @@ Target = Annotated[str, typer.Option(envvar="KDCVG_TARGET", help="server address
 ApiKey = Annotated[str, typer.Option(envvar="KDCVG_API_KEY", help="API key (sent as a Bearer token)")]
 
 
-def _client(target: str, api_key: str):  # noqa: ANN202 - the SDK type is imported lazily
-    from kdcvg_client import KdcvgClient
+@contextlib.contextmanager
+def _client(target: str, api_key: str) -> Iterator:
+    """An SDK client; a failed call prints its status and message and exits 1, without a traceback."""
+    from kdcvg_client import KdcvgClient, KdcvgError
 
-    return KdcvgClient(target, api_key=api_key)
+    try:
+        with KdcvgClient(target, api_key=api_key) as client:
+            yield client
+    except KdcvgError as exc:
+        console.print(f"[red]error[/]: {exc.code.name}: {exc.message}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -97,9 +102,7 @@ def ingest_directory(client, directory: Path) -> tuple[int, int]:  # noqa: ANN00
 
 @kb_app.command("ingest")
 def kb_ingest(
-    directory: Annotated[
-        Path, typer.Argument(help="a directory with manifest.jsonl and the videos it names")
-    ],
+    directory: Annotated[Path, typer.Argument(help="a directory with manifest.jsonl and the videos it names")],
     target: Target = "localhost:50051",
     api_key: ApiKey = "kdcvg-dev-key",
 ) -> None:
@@ -117,14 +120,17 @@ def kb_ingest_sample(target: Target = "localhost:50051", api_key: ApiKey = "kdcv
 
 def print_search(reply, title: str) -> None:  # noqa: ANN001
     table = Table(title=title, title_justify="left")
-    for column in ("#", "motion", "caption", "score", "total", "mot", "atr", "sim'"):
-        table.add_column(column)
+    table.add_column("#")
+    table.add_column("motion", no_wrap=True)
+    table.add_column("caption", no_wrap=True, overflow="ellipsis", max_width=44)
+    for column in ("score", "total", "mot", "atr", "sim'"):
+        table.add_column(column, justify="right")
     for ref in reply.references:
         s = ref.score
         table.add_row(
             str(ref.rank),
             ref.entry.motion,
-            ref.entry.caption[:60],
+            ref.entry.caption,
             f"{s.score:.3f}",
             f"{s.total_similarity:.3f}",
             f"{s.motion_similarity:.3f}",
@@ -190,16 +196,14 @@ def kb_feedback(
 
 
 @contextlib.contextmanager
-def background_server(settings) -> Iterator:  # noqa: ANN001
+def background_server(settings, kb=None) -> Iterator:  # noqa: ANN001
     """Runs the server on its own event loop in a thread, for commands that also act as a client."""
     from kdcvg.app import start
 
     loop = asyncio.new_event_loop()
-    ready: dict = {}
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    running = asyncio.run_coroutine_threadsafe(start(settings), loop).result()
-    ready["running"] = running
+    running = asyncio.run_coroutine_threadsafe(start(settings, kb), loop).result()
     try:
         yield running
     finally:
@@ -210,9 +214,7 @@ def background_server(settings) -> Iterator:  # noqa: ANN001
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its knowledge base")] = Path(
-        "data/demo"
-    ),
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its knowledge base")] = Path("data/demo"),
 ) -> None:
     """The main job on the embedded default: serve, ingest the sample knowledge base, print retrievals."""
     from kdcvg import logs
@@ -222,9 +224,7 @@ def demo(
     logs.configure(settings.log_level, settings.log_format)
     key = next(iter(settings.tenants_by_key()))
     started = time.perf_counter()
-    console.print(
-        f"[bold]kdcvg demo[/]: starting the server (data in {data_dir}; first run exports the encoder)"
-    )
+    console.print(f"[bold]kdcvg demo[/]: starting the server (data in {data_dir}; first run exports the encoder)")
     with background_server(settings) as running:
         console.print(f"serving on 127.0.0.1:{running.port} in {time.perf_counter() - started:.1f} s")
         with _client(f"127.0.0.1:{running.port}", key) as client:
@@ -235,9 +235,7 @@ def demo(
                 reply = client.search(points, limit=3)
                 ms = (time.perf_counter() - t0) * 1000
                 print_search(reply, f"{' / '.join(points)}   ({ms:.1f} ms)")
-    console.print(
-        "[bold green]done[/]: the video model lands with the next release; retrieval works end to end."
-    )
+    console.print("[bold green]done[/]: the video model lands with the next release; retrieval works end to end.")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ file named by KDCVG_CONFIG_FILE, then defaults.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -36,9 +38,7 @@ class Settings(BaseSettings):
 
     # Auth: API key -> tenant. The embedded default has one development key.
     api_keys: dict[str, str] = Field(default_factory=lambda: {"kdcvg-dev-key": "default"})
-    api_keys_file: Path | None = Field(
-        None, description="TOML/JSON-free text file: one `key tenant` per line"
-    )
+    api_keys_file: Path | None = Field(None, description="TOML/JSON-free text file: one `key tenant` per line")
 
     # Storage
     data_dir: Path = Path("data")
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     # Text encoder
     encoder_precision: Literal["int8", "fp32"] = "int8"
-    encoder_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    encoder_providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     encoder_threads: int | None = None
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32
@@ -69,9 +69,7 @@ class Settings(BaseSettings):
     max_caption_chars: int = 1000
     max_selling_points: int = 8
     max_search_limit: int = 100
-    search_candidates: int = Field(
-        200, description="vector-index candidates handed to the Search-T2V filters"
-    )
+    search_candidates: int = Field(200, description="vector-index candidates handed to the Search-T2V filters")
 
     # Logs
     log_level: str = "INFO"
@@ -80,7 +78,9 @@ class Settings(BaseSettings):
     @field_validator("encoder_providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
