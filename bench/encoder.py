@@ -1,9 +1,9 @@
 """Text encoder latency: ours (ONNX Runtime, int8 and fp32) against sentence-transformers on PyTorch.
 
 Same process, same ~22-token advertiser sentences, batch 1 and batch 32, torch and ORT on the same number
-of threads. The systems are timed round-robin (one call each per round, order rotating), so background
-load on a shared machine hits all of them alike; medians and p99 over the rounds after a warm-up. Also
-the cosine of our vectors to sentence-transformers' on the same sentences.
+of threads. Each system is timed in 5 blocks, the systems taking turns, so slow phases of a shared
+machine hit all of them alike; medians and p99 over all timed calls. Also the cosine of our vectors to
+sentence-transformers' on the same sentences.
 
     python bench/encoder.py [--threads 2] [--runs 300] [--runs32 40]
 """
@@ -14,6 +14,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,18 +62,41 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def timed_round_robin(systems: dict[str, Callable[[], object]], runs: int, warmup: int) -> dict[str, np.ndarray]:
-    """Per system, the milliseconds of each of `runs` calls, timed one call per system per round."""
-    names = list(systems)
-    for _ in range(warmup):
-        for name in names:
-            systems[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(runs):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = time.perf_counter()
-            systems[name]()
-            times[name].append((time.perf_counter() - started) * 1e3)
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat (Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_blocks(
+    systems: dict[str, Callable[[], object]], runs: int, rounds: int = 5, warmup: int = 5
+) -> dict[str, np.ndarray]:
+    """Per system, the milliseconds of `runs` calls, taken in `rounds` blocks per system in turn.
+
+    Blocks, not call-by-call alternation: right after a call torch's OpenMP threads and ORT's pool keep
+    spinning, and on two cores alternating calls would time each library against the other's spinning.
+    Several rounds spread slow phases of a shared machine over all systems alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    per_block = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, call in systems.items():
+            time.sleep(0.3)  # let the previous system's threads go idle
+            for _ in range(warmup):
+                call()
+            for _ in range(per_block):
+                started = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - started) * 1e3)
     return {name: np.asarray(ms) for name, ms in times.items()}
 
 
@@ -84,7 +108,6 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "models")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     st = sentence_transformers.SentenceTransformer(str(default_model_dir()), device="cpu")
     ours = {p: TextEncoder.load(args.cache_dir, precision=p, threads=args.threads) for p in ("int8", "fp32")}
@@ -102,37 +125,44 @@ def main() -> None:
     def one() -> list[str]:  # a different sentence per call, the same sequence for every system
         return [SENTENCES[next(counter) % len(SENTENCES)]]
 
-    b1 = timed_round_robin(
+    busy0, total0 = machine_busy_ticks()
+    own0, wall0 = own_cpu_seconds(), time.perf_counter()
+    b1 = timed_blocks(
         {
             "sentence-transformers (PyTorch)": lambda: st_encode(one()),
             "ours int8 (ORT)": lambda: ours["int8"].encode(one()),
             "ours fp32 (ORT)": lambda: ours["fp32"].encode(one()),
         },
         args.runs,
-        warmup=30,
+        warmup=20,
     )
-    b32 = timed_round_robin(
+    b32 = timed_blocks(
         {
             "sentence-transformers (PyTorch)": lambda: st_encode(batch32),
             "ours int8 (ORT)": lambda: ours["int8"].encode(batch32),
             "ours fp32 (ORT)": lambda: ours["fp32"].encode(batch32),
         },
         args.runs32,
-        warmup=5,
+        warmup=2,
     )
 
+    busy1, total1 = machine_busy_ticks()
+    own1, wall1 = own_cpu_seconds(), time.perf_counter()
+    cores = os.cpu_count() or 1
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    others = ((busy1 - busy0) / ticks_per_s - (own1 - own0)) / ((wall1 - wall0) * cores)
     print(f"# Text encoder: all-MiniLM-L6-v2, {datetime.date.today()}")
     print(
         f"machine: {cpu_name()}, {os.cpu_count()} cores; "
         f"torch threads {torch.get_num_threads()}, ORT intra-op threads {args.threads}; "
-        f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        f"other processes used {max(others, 0):.0%} of the machine while timing"
     )
     print(
         f"torch {torch.__version__}, sentence-transformers {sentence_transformers.__version__}, "
         f"onnxruntime {ort.__version__}; {len(SENTENCES)} sentences, "
         f"{np.mean(tokens):.1f} tokens mean ({min(tokens)}-{max(tokens)}, with [CLS] and [SEP])"
     )
-    print(f"batch 1: {args.runs} timed rounds; batch 32: {args.runs32}; round-robin after warm-up\n")
+    print(f"batch 1: {args.runs} timed calls per encoder; batch 32: {args.runs32}; in 5 blocks each, after warm-up\n")
     print("| encoder | batch | median ms | p99 ms | speed-up (median) | min cosine | mean cosine |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for batch, results in ((1, b1), (32, b32)):

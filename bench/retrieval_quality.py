@@ -50,9 +50,7 @@ async def evaluate(kb: KnowledgeBase, qs: list, ranking: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()

@@ -152,9 +152,7 @@ def main() -> None:
     st_encoder = SentenceTransformerEncoder()
     atomizer = Atomizer()
     qs = queries(max(args.queries, 200))
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}"
-    )
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
     latency_rows, stage_rows = [], []
     for n in args.sizes:
         corpus = build_corpus(n, encoder, atomizer)

@@ -56,9 +56,7 @@ def main() -> int:
         fresh, committed = Path(tmp) / PACKAGE, OUT / PACKAGE
         names = sorted(p.name for p in fresh.iterdir() if p.is_file())
         stale = [
-            n
-            for n in names
-            if not (committed / n).exists() or not filecmp.cmp(fresh / n, committed / n, shallow=False)
+            n for n in names if not (committed / n).exists() or not filecmp.cmp(fresh / n, committed / n, shallow=False)
         ]
         if stale:
             print("generated code is stale, run `python scripts/gen_protos.py`:", ", ".join(stale))

@@ -135,9 +135,7 @@ def test_kill_mid_ingest_then_restart(tmp_path):
 
     from kdcvg.knowledge.index import HnswParams, open_index
 
-    index = open_index(
-        "edge", path=data / "index", url=None, api_key=None, collection="kdcvg", hnsw=HnswParams()
-    )
+    index = open_index("edge", path=data / "index", url=None, api_key=None, collection="kdcvg", hnsw=HnswParams())
     try:
         assert index.count("crash") == N_CLIPS
     finally:

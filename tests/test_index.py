@@ -189,6 +189,46 @@ def test_open_index_picks_backend(tmp_path):
         open_index("faiss", path=tmp_path, url=None, api_key=None, collection="kb")  # type: ignore[arg-type]
 
 
+class RemoteLookingClient:
+    """qdrant-client's local mode dressed as a server client: records the calls only a server gets."""
+
+    def __init__(self):
+        self._real = QdrantClient(location=":memory:")
+        self._client = object()  # not QdrantLocal
+        self.calls = []
+
+    def create_collection(self, name, **kwargs):
+        self.calls.append(("create_collection", kwargs))
+        return self._real.create_collection(name, **kwargs)
+
+    def create_payload_index(self, collection, field_name, field_schema, wait=True):
+        self.calls.append((field_name, field_schema))
+
+    def query_points(self, *args, search_params=None, **kwargs):
+        self.calls.append(("search_params", search_params))
+        return self._real.query_points(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_server_index_creates_payload_indexes_and_sends_ef(rng):
+    client = RemoteLookingClient()
+    idx = QdrantServerIndex(client, "kb", hnsw=HnswParams(m=12, ef_construct=90, ef=77))
+    schemas = dict(client.calls)
+    assert schemas["tenant"].is_tenant is True and schemas["tenant"].type == "keyword"
+    assert schemas["category"] == "keyword"
+    created = schemas["create_collection"]
+    assert (created["vectors_config"].size, created["vectors_config"].distance) == (DIM, "Cosine")
+    assert (created["hnsw_config"].m, created["hnsw_config"].ef_construct) == (12, 90)
+
+    idx.upsert(make_points(unit(rng, 5), "t"))
+    idx.search(unit(rng, 1)[0], tenant="t", category=None, limit=3, exact=True)
+    params = client.calls[-1][1]
+    assert (params.hnsw_ef, params.exact) == (77, True)
+    idx.close()
+
+
 def test_edge_is_single_process(tmp_path):
     idx = EdgeIndex(tmp_path / "kb")
     try:

@@ -171,9 +171,10 @@ def test_shapes_order_and_normalisation(precision, request):
     assert vectors.shape == (100, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # Batched (sorted by length, padded) and one at a time give the same vectors, in the caller's order.
+    # int8 only nearly: its dynamic activation scales are per tensor, so they depend on the batch-mates.
     picks = [0, 27, 60, 75, 82, 99]
     one_by_one = np.stack([encoder.encode([SENTENCES[i]])[0] for i in picks])
-    assert _cosines(one_by_one, vectors[picks]).min() > 0.99999
+    assert _cosines(one_by_one, vectors[picks]).min() > (0.99999 if precision == "fp32" else 0.99)
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(TypeError):
         encoder.encode("a single string")
@@ -280,7 +281,7 @@ def test_bad_arguments(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Micro-batcher
+# Micro-batcher (on fp32, whose vectors do not depend on the batch, so "the same vectors" is exact)
 
 
 class SlowEncoder:
@@ -299,31 +300,31 @@ class SlowEncoder:
         return self.inner.encode(texts)
 
 
-async def test_concurrent_encodes_are_batched(int8):
+async def test_concurrent_encodes_are_batched(fp32):
     texts = SENTENCES[:50]
-    direct = int8.encode(texts)
-    runs = int8.runs
-    batcher = MicroBatcher(int8, max_batch=32, max_wait_ms=2)
+    direct = fp32.encode(texts)
+    runs = fp32.runs
+    batcher = MicroBatcher(fp32, max_batch=32, max_wait_ms=2)
     vectors = await asyncio.gather(*(batcher.encode(t) for t in texts))
     await batcher.close()
     assert _cosines(np.stack(vectors), direct).min() > 0.99999
-    assert int8.runs - runs < 50
+    assert fp32.runs - runs < 50
     assert batcher.batches_run < 50 and batcher.items == 50
     assert batcher.mean_batch_size == 50 / batcher.batches_run > 1
 
 
-async def test_encode_many_is_one_batch(int8):
-    spy = SlowEncoder(int8)
+async def test_encode_many_is_one_batch(fp32):
+    spy = SlowEncoder(fp32)
     async with MicroBatcher(spy, max_batch=8) as batcher:
         many = await batcher.encode_many(SENTENCES[:20])  # bigger than max_batch: still one call
         assert (await batcher.encode_many([])).shape == (0, 384)
     assert many.shape == (20, 384)
     assert len(spy.calls) == 2 and spy.calls[0] == SENTENCES[:20]
-    assert _cosines(many, int8.encode(SENTENCES[:20])).min() > 0.99999
+    assert _cosines(many, fp32.encode(SENTENCES[:20])).min() > 0.99999
 
 
-async def test_cancelled_callers_leave_the_rest_correct(int8):
-    spy = SlowEncoder(int8, delay=0.05)
+async def test_cancelled_callers_leave_the_rest_correct(fp32):
+    spy = SlowEncoder(fp32, delay=0.05)
     batcher = MicroBatcher(spy, max_batch=4, max_wait_ms=1)
     texts = SENTENCES[:24]
     tasks = [asyncio.create_task(batcher.encode(t)) for t in texts]
@@ -332,7 +333,7 @@ async def test_cancelled_callers_leave_the_rest_correct(int8):
     for i in cancelled:
         tasks[i].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    direct = int8.encode(texts)
+    direct = fp32.encode(texts)
     for i, result in enumerate(results):
         if i in cancelled:
             assert isinstance(result, asyncio.CancelledError)
@@ -344,19 +345,24 @@ async def test_cancelled_callers_leave_the_rest_correct(int8):
     await batcher.close()
 
 
-async def test_encoder_errors_reach_the_callers_and_the_batcher_goes_on(int8):
-    spy = SlowEncoder(int8)
+async def test_encoder_errors_reach_the_callers_and_the_batcher_goes_on(fp32):
+    spy = SlowEncoder(fp32)
     batcher = MicroBatcher(spy)
     spy.fail = True
     results = await asyncio.gather(*(batcher.encode(t) for t in SENTENCES[:5]), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) and "encoder broke" in str(r) for r in results)
     spy.fail = False
     assert (await batcher.encode("works again")).shape == (384,)
+    # A bad argument fails its own call, not the batch it would have joined.
+    good = asyncio.create_task(batcher.encode("50% off today"))
+    with pytest.raises(TypeError):
+        await batcher.encode(None)  # type: ignore[arg-type]
+    assert (await good).shape == (384,)
     await batcher.close()
 
 
-async def test_event_loop_keeps_running_during_a_batch(int8):
-    spy = SlowEncoder(int8, delay=0.3)
+async def test_event_loop_keeps_running_during_a_batch(fp32):
+    spy = SlowEncoder(fp32, delay=0.3)
     batcher = MicroBatcher(spy)
     ticks = 0
 
@@ -373,8 +379,8 @@ async def test_event_loop_keeps_running_during_a_batch(int8):
     assert ticks >= 10
 
 
-async def test_close_finishes_queued_jobs_then_refuses(int8):
-    spy = SlowEncoder(int8, delay=0.05)
+async def test_close_finishes_queued_jobs_then_refuses(fp32):
+    spy = SlowEncoder(fp32, delay=0.05)
     batcher = MicroBatcher(spy, max_batch=2)
     tasks = [asyncio.create_task(batcher.encode(t)) for t in SENTENCES[:6]]
     await asyncio.sleep(0)

@@ -34,9 +34,7 @@ async def test_unlanded_rpcs_say_unimplemented(channel):
         "ListPriors": lambda md: prior.ListPriors(prior_pb2.ListPriorsRequest(), metadata=md),
         "LoadPrior": lambda md: prior.LoadPrior(prior_pb2.LoadPriorRequest(id="x"), metadata=md),
         "UnloadPrior": lambda md: prior.UnloadPrior(prior_pb2.UnloadPriorRequest(id="x"), metadata=md),
-        "DistillPrior": lambda md: prior.DistillPrior(
-            prior_pb2.DistillPriorRequest(entry_id="x"), metadata=md
-        ),
+        "DistillPrior": lambda md: prior.DistillPrior(prior_pb2.DistillPriorRequest(entry_id="x"), metadata=md),
     }
     for name, make in calls.items():
         err = await _status(make(auth()))

@@ -80,9 +80,7 @@ def build_knowledge_base(
         blobs=BlobStore(data / "videos"),
         events=EventLog(data / "events.sqlite3"),
         encoder=encoder,
-        batcher=MicroBatcher(
-            encoder, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms
-        ),
+        batcher=MicroBatcher(encoder, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms),
         atomizer=atomizer or Atomizer(),
         limits=limits,
     )

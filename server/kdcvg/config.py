@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     qdrant_collection: str = "kdcvg"
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
-    hnsw_ef: int = 64
+    hnsw_ef: int = 48
 
     # Text encoder
     encoder_precision: Literal["int8", "fp32"] = "int8"
@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     encoder_threads: int | None = None
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32
-    batch_max_wait_ms: float = 1.0
+    batch_max_wait_ms: float = Field(
+        0.0, description="extra wait for a batch to fill; 0 batches what queues while the encoder is busy"
+    )
 
     # Limits on requests
     max_video_bytes: int = 48 * MiB

@@ -67,17 +67,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
         short = method.rsplit("/", 2)[-2].split(".")[-1] + "/" + method.rsplit("/", 1)[-1]
 
-        def finish(
-            context: grpc.aio.ServicerContext, started: float, code: grpc.StatusCode | None = None
-        ) -> None:
+        def finish(context: grpc.aio.ServicerContext, started: float, code: grpc.StatusCode | None = None) -> None:
             code = code or _code_of(context)
             elapsed = time.perf_counter() - started
             metrics.requests.labels(short, code.name).inc()
             metrics.latency.labels(short, code.name).observe(elapsed)
             metrics.in_flight.labels(short).dec()
-            level = (
-                logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING
-            )
+            level = logging.INFO if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) else logging.WARNING
             log.log(
                 level,
                 "rpc",
@@ -108,9 +104,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return wrapped
 
         def stream_response(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-            async def wrapped(
-                request_or_iterator: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
+            async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 metrics.in_flight.labels(short).inc()
                 try:

@@ -45,9 +45,7 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
-            "kdcvg_grpc_in_flight", "RPCs being handled", ["method"], registry=self.registry
-        )
+        self.in_flight = Gauge("kdcvg_grpc_in_flight", "RPCs being handled", ["method"], registry=self.registry)
         self.stage_latency = Histogram(
             "kdcvg_stage_latency_seconds",
             "Time in one stage of a request (encode, parse, index, rank, decode, ...)",
@@ -62,9 +60,7 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.encoder_batches = Counter("kdcvg_encoder_batches", "Encoder batches run", registry=self.registry)
-        self.encoder_items = Counter(
-            "kdcvg_encoder_items", "Texts encoded in batches", registry=self.registry
-        )
+        self.encoder_items = Counter("kdcvg_encoder_items", "Texts encoded in batches", registry=self.registry)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint; returns the bound port."""

@@ -678,10 +678,7 @@ def _poses(motion: str, n: int) -> list[_Pose]:
         amp = [0.045, 0.06, 0.05, 0.055]
         return [_Pose(0.5 + (-1) ** i * amp[i % 4], 0.5, 0.45) for i in range(n)]
     if motion == "orbit":
-        return [
-            _Pose(0.5 + 0.2 * math.cos(2 * math.pi * u), 0.5 + 0.2 * math.sin(2 * math.pi * u), 0.32)
-            for u in cyc
-        ]
+        return [_Pose(0.5 + 0.2 * math.cos(2 * math.pi * u), 0.5 + 0.2 * math.sin(2 * math.pi * u), 0.32) for u in cyc]
     if motion == "pulse":
         return [_Pose(0.5, 0.5, 0.42 * (1.0 + 0.22 * math.sin(4 * math.pi * u))) for u in cyc]
     raise ValueError(f"unknown motion {motion!r}")

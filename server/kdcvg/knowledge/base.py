@@ -170,18 +170,14 @@ class KnowledgeBase:
         if not selling_points:
             raise InvalidInput(f"{what} is empty: send 1-{lim.max_selling_points} selling points")
         if len(selling_points) > lim.max_selling_points:
-            raise InvalidInput(
-                f"{what} has {len(selling_points)} items; at most {lim.max_selling_points} allowed"
-            )
+            raise InvalidInput(f"{what} has {len(selling_points)} items; at most {lim.max_selling_points} allowed")
         cleaned = []
         for i, text in enumerate(selling_points):
             text = text.strip()
             if not text:
                 raise InvalidInput(f"{what}[{i}] is empty or whitespace")
             if len(text) > lim.max_text_chars:
-                raise InvalidInput(
-                    f"{what}[{i}] has {len(text)} characters; at most {lim.max_text_chars} allowed"
-                )
+                raise InvalidInput(f"{what}[{i}] has {len(text)} characters; at most {lim.max_text_chars} allowed")
             cleaned.append(text)
         return cleaned
 
@@ -195,21 +191,15 @@ class KnowledgeBase:
             )
         points = self._check_texts(meta.selling_points, "metadata.selling_points")
         if len(meta.labels) > self.limits.max_labels:
-            raise InvalidInput(
-                f"metadata.labels has {len(meta.labels)} pairs; at most {self.limits.max_labels}"
-            )
+            raise InvalidInput(f"metadata.labels has {len(meta.labels)} pairs; at most {self.limits.max_labels}")
         for text, name in ((meta.motion, "motion"), (meta.product, "product")):
             if len(text) > self.limits.max_text_chars:
                 raise InvalidInput(f"metadata.{name} is longer than {self.limits.max_text_chars} characters")
-        return IngestMeta(
-            meta.category, caption, points, meta.motion.strip(), meta.product.strip(), dict(meta.labels)
-        )
+        return IngestMeta(meta.category, caption, points, meta.motion.strip(), meta.product.strip(), dict(meta.labels))
 
     # --- ingest ---------------------------------------------------------------------------------------
 
-    async def ingest(
-        self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int
-    ) -> tuple[Entry, bool]:
+    async def ingest(self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int) -> tuple[Entry, bool]:
         """Stores a fully received video. Returns the entry and whether it already existed."""
         meta = self.validate_meta(meta)
         lock = self._ingest_locks.setdefault(point_key(tenant, sha256), asyncio.Lock())
@@ -228,9 +218,7 @@ class KnowledgeBase:
             if not lock.locked():
                 self._ingest_locks.pop(point_key(tenant, sha256), None)
 
-    async def _build_entry(
-        self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int
-    ) -> Entry:
+    async def _build_entry(self, tenant: str, meta: IngestMeta, spooled: Path, sha256: str, size: int) -> Entry:
         data = await asyncio.to_thread(spooled.read_bytes)
         try:
             video = await asyncio.to_thread(
@@ -334,16 +322,28 @@ class KnowledgeBase:
             return vec
 
         units, vector = await asyncio.gather(parse(), encode())
-        refs, n_candidates = await asyncio.to_thread(
-            self._rank, tenant, vector, units, category, limit, ranking, stages
-        )
-        t0 = time.perf_counter()
         query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
-        retrieval_id = await asyncio.to_thread(
-            self.events.add_retrieval, tenant, query, [r.entry.id for r in refs]
+        refs, n_candidates, retrieval_id = await asyncio.to_thread(
+            self._rank_and_log, tenant, vector, units, category, limit, ranking, stages, query
         )
-        stages["log"] = int((time.perf_counter() - t0) * 1e6)
         return SearchResult(refs, units, retrieval_id, n_candidates, stages)
+
+    def _rank_and_log(
+        self,
+        tenant: str,
+        vector: np.ndarray,
+        units: list[SemanticUnit],
+        category: str | None,
+        limit: int,
+        ranking: str,
+        stages: dict[str, int],
+        query: dict,
+    ) -> tuple[list[Reference], int, str]:
+        refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)
+        t0 = time.perf_counter()
+        retrieval_id = self.events.add_retrieval(tenant, query, [r.entry.id for r in refs])
+        stages["log"] = int((time.perf_counter() - t0) * 1e6)
+        return refs, n_candidates, retrieval_id
 
     def _rank(
         self,
@@ -356,28 +356,37 @@ class KnowledgeBase:
         stages: dict[str, int],
     ) -> tuple[list[Reference], int]:
         t0 = time.perf_counter()
-        pool = limit if ranking == "cosine" else max(limit, self.limits.search_candidates)
-        hits: list[Hit] = self.index.search(vector, tenant=tenant, category=category, limit=pool)
+        if ranking == "cosine":
+            hits: list[Hit] = self.index.search(vector, tenant=tenant, category=category, limit=limit)
+            stages["index"] = int((time.perf_counter() - t0) * 1e6)
+            stages["rank"] = 0
+            ranked = rank_cosine(np.asarray([h.score for h in hits], dtype=np.float32), limit=limit)
+            return [Reference(Entry.from_payload(hits[r.index].payload), r) for r in ranked], len(hits)
+        # The candidate pool carries only the units; full entries are fetched for the winners alone.
+        pool = max(limit, self.limits.search_candidates)
+        hits = self.index.search(vector, tenant=tenant, category=category, limit=pool, payload_fields=["units"])
         t1 = time.perf_counter()
         stages["index"] = int((t1 - t0) * 1e6)
         if not hits:
             stages["rank"] = 0
             return [], 0
-        entries = [Entry.from_payload(h.payload) for h in hits]
-        cand_total = np.asarray([h.score for h in hits], dtype=np.float32)
-        if ranking == "cosine":
-            ranked = rank_cosine(cand_total, limit=limit)
-        else:
-            embed, dim = self.unit_cache.embed, self.encoder.dim
-            ranked = rank(
-                UnitVectors.from_units(units, embed, dim),
-                cand_total,
-                PackedUnits.from_units([e.units for e in entries], embed, dim),
-                self.ranking,
-                limit=limit,
-            )
-        stages["rank"] = int((time.perf_counter() - t1) * 1e6)
-        return [Reference(entries[r.index], r) for r in ranked[:limit]], len(hits)
+        cand_units = [[SemanticUnit(m, a, r, bool(c)) for m, a, r, c in h.payload.get("units", [])] for h in hits]
+        embed, dim = self.unit_cache.embed, self.encoder.dim
+        ranked = rank(
+            UnitVectors.from_units(units, embed, dim),
+            np.asarray([h.score for h in hits], dtype=np.float32),
+            PackedUnits.from_units(cand_units, embed, dim),
+            self.ranking,
+            limit=limit,
+        )
+        t2 = time.perf_counter()
+        stages["rank"] = int((t2 - t1) * 1e6)
+        full = {h.id: h for h in self.index.retrieve([hits[r.index].id for r in ranked], tenant=tenant)}
+        stages["fetch"] = int((time.perf_counter() - t2) * 1e6)
+        refs = [
+            Reference(Entry.from_payload(full[hits[r.index].id].payload), r) for r in ranked if hits[r.index].id in full
+        ]
+        return refs, len(hits)
 
     # --- feedback -------------------------------------------------------------------------------------
 

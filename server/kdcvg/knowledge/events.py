@@ -80,12 +80,8 @@ class EventLog:
             ).fetchone()
         return None if row is None else json.loads(row[0])
 
-    def add_feedback(
-        self, tenant: str, retrieval_id: str, entry_id: str, reward: float, note: str
-    ) -> FeedbackEvent:
-        event = FeedbackEvent(
-            uuid.uuid4().hex, tenant, retrieval_id, entry_id, reward, note, int(time.time() * 1000)
-        )
+    def add_feedback(self, tenant: str, retrieval_id: str, entry_id: str, reward: float, note: str) -> FeedbackEvent:
+        event = FeedbackEvent(uuid.uuid4().hex, tenant, retrieval_id, entry_id, reward, note, int(time.time() * 1000))
         with self._lock:
             self._db.execute(
                 "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -95,9 +91,7 @@ class EventLog:
 
     def feedback(self, tenant: str) -> list[FeedbackEvent]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM feedback WHERE tenant = ? ORDER BY created_ms", (tenant,)
-            ).fetchall()
+            rows = self._db.execute("SELECT * FROM feedback WHERE tenant = ? ORDER BY created_ms", (tenant,)).fetchall()
         return [FeedbackEvent(*row) for row in rows]
 
     def close(self) -> None:

@@ -10,12 +10,7 @@ _CHANGE_THRESHOLD = 25  # per-pixel change between frames that counts as motion,
 
 
 def _check(frames: np.ndarray) -> None:
-    if (
-        not isinstance(frames, np.ndarray)
-        or frames.dtype != np.uint8
-        or frames.ndim != 4
-        or frames.shape[-1] != 3
-    ):
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError("frames must be a uint8 array of shape (T, H, W, 3)")
     if frames.shape[0] == 0:
         raise ValueError("frames must hold at least one frame")

@@ -75,13 +75,9 @@ def decode_video(data: bytes, *, max_frames: int = 512, max_pixels: int = 4096 *
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > max_pixels:
-            raise VideoDecodeError(
-                f"frames of {width}x{height} exceed the limit of {max_pixels} pixels; downscale"
-            )
+            raise VideoDecodeError(f"frames of {width}x{height} exceed the limit of {max_pixels} pixels; downscale")
         if stream.frames > max_frames:
-            raise VideoDecodeError(
-                f"the video has {stream.frames} frames, more than the limit of {max_frames}"
-            )
+            raise VideoDecodeError(f"the video has {stream.frames} frames, more than the limit of {max_frames}")
         frames: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
@@ -102,8 +98,7 @@ def decode_video(data: bytes, *, max_frames: int = 512, max_pixels: int = 4096 *
             raise VideoDecodeError("the video stream has no decodable frames")
         if stream.frames and len(frames) < stream.frames:
             raise VideoDecodeError(
-                f"the video is cut short: {len(frames)} of {stream.frames} frames decoded; "
-                "send the complete file"
+                f"the video is cut short: {len(frames)} of {stream.frames} frames decoded; send the complete file"
             )
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         return DecodedVideo(

@@ -37,9 +37,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(exc, KdcvgError):
             await context.abort(status_of(exc), str(exc))
         log.exception("unexpected error in %s", method.__qualname__)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs"
-        )
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see server logs")
 
     if inspect.isasyncgenfunction(method):
 

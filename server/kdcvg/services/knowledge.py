@@ -140,9 +140,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if m.total_bytes < 0:
             raise InvalidInput("metadata.total_bytes must not be negative")
         if m.total_bytes > self.max_video_bytes:
-            raise TooLarge(
-                f"video of {m.total_bytes} bytes exceeds the limit of {self.max_video_bytes} bytes"
-            )
+            raise TooLarge(f"video of {m.total_bytes} bytes exceeds the limit of {self.max_video_bytes} bytes")
         fd, spooled = self.kb.blobs.spool_file()
         try:
             with os.fdopen(fd, "wb") as out:

@@ -74,12 +74,14 @@ class MicroBatcher:
         self._closed = True
         if self._worker is None:
             return
-        assert self._queue is not None
-        self._queue.put_nowait(_CLOSE)
+        assert self._queue is not None and self._executor is not None
         try:
-            await self._worker
+            if not self._worker.done():
+                self._queue.put_nowait(_CLOSE)
+                await self._worker
+        except Exception:
+            log.exception("text encoder batcher worker failed")
         finally:
-            assert self._executor is not None
             self._executor.shutdown(wait=False)
 
     async def __aenter__(self) -> MicroBatcher:
@@ -91,6 +93,8 @@ class MicroBatcher:
     async def _submit(self, texts: list[str]) -> np.ndarray:
         if self._closed:
             raise RuntimeError("MicroBatcher is closed")
+        if not all(isinstance(text, str) for text in texts):  # here, not in the batch it would fail
+            raise TypeError("texts must be strings")
         if not texts:
             return await asyncio.to_thread(self._encode, texts)  # for the (0, dim) shape
         loop = asyncio.get_running_loop()
@@ -137,6 +141,8 @@ class MicroBatcher:
         assert isinstance(first, _Job)
         jobs, size = [first], len(first.texts)
         if size < self.max_batch and self._queue.qsize() < self.max_batch:
+            # With max_wait_ms 0 an idle encoder starts at once (one loop turn lets callers that are
+            # already running enqueue); batches then form from the jobs that arrive while one runs.
             await asyncio.sleep(self.max_wait_ms / 1000)
         while size < self.max_batch and not self._queue.empty():
             job = self._queue.get_nowait()
