@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _corpus import ROOT, TENANT, build_corpus, fill_index, queries  # noqa: E402
 
-from kdcvg.knowledge.base import KnowledgeBase  # noqa: E402
+from kdcvg.knowledge.base import KnowledgeBase, Limits  # noqa: E402
 from kdcvg.knowledge.blobs import BlobStore  # noqa: E402
 from kdcvg.knowledge.events import EventLog  # noqa: E402
 from kdcvg.knowledge.index import EdgeIndex, HnswParams  # noqa: E402
@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--candidates", type=int, default=100, help="vector-index pool for the Search-T2V filters")
     args = parser.parse_args()
     encoder = TextEncoder.load(ROOT / ".cache" / "models", precision="int8")
     atomizer = Atomizer()
@@ -69,6 +70,7 @@ def main() -> None:
             encoder=encoder,
             batcher=MicroBatcher(encoder),
             atomizer=atomizer,
+            limits=Limits(search_candidates=args.candidates),
         )
 
         async def both() -> tuple[dict, dict]:
@@ -76,7 +78,7 @@ def main() -> None:
 
         cosine, t2v = asyncio.run(both())
         kb.close()
-    print(f"entries {args.entries}, queries {len(qs)}")
+    print(f"entries {args.entries}, queries {len(qs)}, candidate pool {args.candidates}")
     print("| ranking | motion recall@1 | motion recall@5 | motion precision@5 |")
     print("| --- | --- | --- | --- |")
     for name, r in (("plain cosine", cosine), ("Search-T2V Eq. 6-8", t2v)):

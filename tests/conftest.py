@@ -61,7 +61,7 @@ async def server(settings, encoder, atomizer) -> AsyncIterator:
     from kdcvg.app import build_knowledge_base, start
 
     kb = build_knowledge_base(settings, encoder=encoder, atomizer=atomizer)
-    running = await start(settings, kb)
+    running = await start(settings, kb, generation=False)
     yield running
     await running.stop(0.5)
 

@@ -43,7 +43,7 @@ def test_kb_commands_against_a_server(settings, encoder, atomizer, tmp_path):
         (small / row["file"]).write_bytes((SAMPLE_DIR / row["file"]).read_bytes())
 
     kb = build_knowledge_base(settings, encoder=encoder, atomizer=atomizer)
-    with background_server(settings, kb) as running:
+    with background_server(settings, kb, generation=False) as running:
         env = {"KDCVG_TARGET": f"127.0.0.1:{running.port}", "KDCVG_API_KEY": "key-alpha"}
         result = runner.invoke(app, ["kb", "ingest", str(small)], env=env)
         assert result.exit_code == 0, result.output

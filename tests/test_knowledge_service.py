@@ -377,7 +377,9 @@ async def test_metrics_endpoint_counts_rpcs(channel, server):
 async def test_graceful_shutdown_drains_in_flight(settings, encoder, atomizer):
     from kdcvg.app import build_knowledge_base, start
 
-    running = await start(settings, build_knowledge_base(settings, encoder=encoder, atomizer=atomizer))
+    running = await start(
+        settings, build_knowledge_base(settings, encoder=encoder, atomizer=atomizer), generation=False
+    )
     video, creative = clip(8)
     gate = asyncio.Event()
 
@@ -424,7 +426,7 @@ async def test_qdrant_server_backend_serves_the_same_api(settings, encoder, atom
         batcher=MicroBatcher(encoder),
         atomizer=atomizer,
     )
-    running = await start(settings, kb)
+    running = await start(settings, kb, generation=False)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             stub = knowledge_pb2_grpc.KnowledgeServiceStub(ch)

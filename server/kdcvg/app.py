@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,14 +14,17 @@ from grpc_reflection.v1alpha import reflection
 
 from kdcvg.auth import ApiKeys
 from kdcvg.config import Settings
+from kdcvg.generation.pipeline import GenerationPipeline
 from kdcvg.interceptors import ServerInterceptor
 from kdcvg.knowledge.base import KnowledgeBase, Limits
 from kdcvg.knowledge.blobs import BlobStore
 from kdcvg.knowledge.events import EventLog
 from kdcvg.knowledge.index import HnswParams, open_index
 from kdcvg.metrics import ServerMetrics
+from kdcvg.services.generation import GenerationServicer
 from kdcvg.services.knowledge import KnowledgeServicer
-from kdcvg.services.unimplemented import GenerationServicer, PriorServicer, ScoringServicer
+from kdcvg.services.unimplemented import GenerationServicer as UnimplementedGeneration
+from kdcvg.services.unimplemented import PriorServicer, ScoringServicer
 from kdcvg.text.atomizer import Atomizer
 from kdcvg.text.batcher import MicroBatcher
 from kdcvg.text.encoder import TextEncoder
@@ -86,6 +90,37 @@ def build_knowledge_base(
     )
 
 
+BUNDLED_MODEL = Path(__file__).parent / "weights" / "kdcvg-tiny"
+
+
+def build_generation(settings: Settings, kb: KnowledgeBase) -> GenerationPipeline | None:
+    """The video generation pipeline, or None when no model is configured or bundled. Blocking."""
+    import torch
+
+    from kdcvg.generation.pipeline import GenerationPipeline
+    from kdcvg.generation.sampler import BatchedSampler
+    from kdcvg.models.video_model import VideoModel
+
+    model_dir = settings.model_dir or BUNDLED_MODEL
+    if settings.model_dir is None and not (BUNDLED_MODEL / "config.json").exists():
+        log.warning("no video model bundled; GenerationService answers UNIMPLEMENTED")
+        return None
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    model = VideoModel.load(model_dir).eval()
+    encoder = kb.encoder
+    if getattr(encoder, "precision", None) != settings.generation_encoder_precision:
+        encoder = TextEncoder.load(
+            settings.models_dir,
+            precision=settings.generation_encoder_precision,
+            providers=settings.encoder_providers,
+            threads=settings.encoder_threads,
+        )
+    sampler = BatchedSampler(model, max_rows=settings.sampler_max_rows, max_jobs=settings.max_generations)
+    sampler.calibrate()
+    return GenerationPipeline(kb=kb, text_encoder=encoder, model=model, sampler=sampler)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -94,22 +129,35 @@ class RunningServer:
     health: health.aio.HealthServicer
     kb: KnowledgeBase
     metrics: ServerMetrics
+    generation: GenerationPipeline | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls finish within `grace` seconds, then closes storage."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.generation is not None:
+            await self.generation.sampler.close()
         await self.kb.batcher.close()
         self.kb.close()
         self.metrics.stop_http()
 
 
-async def start(settings: Settings, kb: KnowledgeBase | None = None) -> RunningServer:
-    """Starts serving and returns once the port is bound and every service reports SERVING."""
+async def start(
+    settings: Settings,
+    kb: KnowledgeBase | None = None,
+    generation: GenerationPipeline | None | bool = True,
+) -> RunningServer:
+    """Starts serving and returns once the port is bound and every service reports SERVING.
+
+    `generation`: a pipeline to serve, True to build the configured one, False for none (UNIMPLEMENTED)."""
     keys = ApiKeys(settings.tenants_by_key())
     metrics = ServerMetrics()
     if kb is None:
         kb = await asyncio.to_thread(build_knowledge_base, settings)
+    if generation is True:
+        generation = await asyncio.to_thread(build_generation, settings, kb)
+    elif generation is False:
+        generation = None
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(keys, metrics)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -124,7 +172,9 @@ async def start(settings: Settings, kb: KnowledgeBase | None = None) -> RunningS
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
         KnowledgeServicer(kb, max_video_bytes=settings.max_video_bytes), server
     )
-    generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(), server)
+    generation_pb2_grpc.add_GenerationServiceServicer_to_server(
+        GenerationServicer(generation) if generation is not None else UnimplementedGeneration(), server
+    )
     scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(), server)
     prior_pb2_grpc.add_PriorServiceServicer_to_server(PriorServicer(), server)
     health_servicer = health.aio.HealthServicer()
@@ -149,7 +199,7 @@ async def start(settings: Settings, kb: KnowledgeBase | None = None) -> RunningS
             "entries": kb.count(),
         },
     )
-    return RunningServer(server, port, metrics_port, health_servicer, kb, metrics)
+    return RunningServer(server, port, metrics_port, health_servicer, kb, metrics, generation)
 
 
 async def serve(settings: Settings) -> None:

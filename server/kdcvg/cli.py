@@ -196,14 +196,14 @@ def kb_feedback(
 
 
 @contextlib.contextmanager
-def background_server(settings, kb=None) -> Iterator:  # noqa: ANN001
+def background_server(settings, kb=None, generation: bool = True) -> Iterator:  # noqa: ANN001
     """Runs the server on its own event loop in a thread, for commands that also act as a client."""
     from kdcvg.app import start
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    running = asyncio.run_coroutine_threadsafe(start(settings, kb), loop).result()
+    running = asyncio.run_coroutine_threadsafe(start(settings, kb, generation), loop).result()
     try:
         yield running
     finally:
@@ -212,11 +212,28 @@ def background_server(settings, kb=None) -> Iterator:  # noqa: ANN001
         thread.join(timeout=5)
 
 
+GENERATE_SAMPLE = ("sparkling water", ["spins to show every angle", "ice-cold refreshment"])
+
+
+def save_generation(video, out_dir: Path, stem: str) -> tuple[Path, Path]:  # noqa: ANN001
+    """Writes the MP4 and a contact sheet of its frames; returns their paths."""
+    from kdcvg.media.contact_sheet import contact_sheet, write_png
+    from kdcvg.media.video import decode_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mp4 = video.save(out_dir / f"{stem}.mp4")
+    frames = decode_video(video.mp4).frames
+    png = write_png(contact_sheet(frames, columns=8, scale=3), out_dir / f"{stem}.png")
+    return mp4, png
+
+
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="where the demo keeps its knowledge base")] = Path("data/demo"),
+    out_dir: Annotated[Path, typer.Option(help="where the generated MP4 and contact sheet go")] = Path("out"),
+    steps: Annotated[int, typer.Option(help="sampler steps")] = 30,
 ) -> None:
-    """The main job on the embedded default: serve, ingest the sample knowledge base, print retrievals."""
+    """The main job on the embedded default: serve, ingest the sample knowledge base, retrieve, generate."""
     from kdcvg import logs
     from kdcvg.config import Settings
 
@@ -235,7 +252,33 @@ def demo(
                 reply = client.search(points, limit=3)
                 ms = (time.perf_counter() - t0) * 1000
                 print_search(reply, f"{' / '.join(points)}   ({ms:.1f} ms)")
-    console.print("[bold green]done[/]: the video model lands with the next release; retrieval works end to end.")
+            if running.generation is None:
+                console.print("[yellow]no video model is bundled in this build; skipping generation[/]")
+                return
+            product, points = GENERATE_SAMPLE
+            console.print(f"generating an ad for {product!r}: {' / '.join(points)} ({steps} steps, semantic prior)")
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as progress:
+                task = progress.add_task("sample", total=steps)
+
+                def on_event(event) -> None:  # noqa: ANN001
+                    if event.HasField("references"):
+                        progress.console.print(f"reference: {event.references.caption}")
+                    elif event.HasField("progress") and event.progress.stage == "sample":
+                        progress.update(task, completed=event.progress.step)
+
+                video = client.generate_video(
+                    product,
+                    points,
+                    category="food_beverages",
+                    options={"steps": steps, "knowledge_mode": "semantic", "seed": 1},
+                    on_event=on_event,
+                )
+            mp4, png = save_generation(video, out_dir, "demo")
+            millis = dict(video.summary.stage_millis)
+            timings = ", ".join(f"{k} {v:.0f} ms" for k, v in millis.items())
+            console.print(f"video: {mp4}\ncontact sheet: {png}\nseed {video.summary.seed}; {timings}")
+    console.print("[bold green]done[/]")
 
 
 if __name__ == "__main__":

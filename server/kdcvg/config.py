@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         0.0, description="extra wait for a batch to fill; 0 batches what queues while the encoder is busy"
     )
 
+    # Video model
+    model_dir: Path | None = Field(None, description="video model directory; default the bundled kdcvg-tiny")
+    generation_encoder_precision: Literal["int8", "fp32"] = "fp32"
+    max_generations: int = Field(16, description="generations in flight; beyond it Generate is RESOURCE_EXHAUSTED")
+    sampler_max_rows: int = Field(16, description="rows of one sampler forward pass (2 per guided request)")
+    torch_threads: int | None = None
+
     # Limits on requests
     max_video_bytes: int = 48 * MiB
     # Decoded frames are held in memory: 256 frames of 1280x720 RGB are 700 MB at most.
@@ -71,7 +78,7 @@ class Settings(BaseSettings):
     max_caption_chars: int = 1000
     max_selling_points: int = 8
     max_search_limit: int = 100
-    search_candidates: int = Field(200, description="vector-index candidates handed to the Search-T2V filters")
+    search_candidates: int = Field(100, description="vector-index candidates handed to the Search-T2V filters")
 
     # Logs
     log_level: str = "INFO"

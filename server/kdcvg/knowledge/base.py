@@ -49,7 +49,7 @@ class Limits:
     max_video_frames: int = 256
     max_video_pixels: int = 1280 * 720
     max_search_limit: int = 100
-    search_candidates: int = 200
+    search_candidates: int = 100
     max_labels: int = 32
 
 

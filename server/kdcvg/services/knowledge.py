@@ -16,6 +16,7 @@ from kdcvg import categories
 from kdcvg.errors import InvalidInput, KdcvgError, TooLarge
 from kdcvg.interceptors import current_tenant
 from kdcvg.knowledge.base import Entry, IngestMeta, KnowledgeBase, SearchResult
+from kdcvg.retrieval.ranking import RankedCandidate
 from kdcvg.services.errors import grpc_errors
 from kdcvg.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
 
@@ -51,28 +52,26 @@ def entry_to_proto(entry: Entry) -> common_pb2.Entry:
     )
 
 
+def score_parts_to_proto(p: RankedCandidate) -> common_pb2.ScoreParts:
+    return common_pb2.ScoreParts(
+        total_similarity=p.total_similarity,
+        motion_similarity=p.motion_similarity,
+        actor_similarity=p.actor_similarity,
+        recipient_similarity=p.recipient_similarity,
+        unit_similarity=p.unit_similarity,
+        unit_score=p.unit_score,
+        score=p.score,
+        passed_total_threshold=p.passed_total_threshold,
+        passed_motion_threshold=p.passed_motion_threshold,
+        passed_actor_threshold=p.passed_actor_threshold,
+    )
+
+
 def search_to_proto(result: SearchResult) -> knowledge_pb2.SearchResponse:
-    refs = []
-    for rank, ref in enumerate(result.references, 1):
-        p = ref.parts
-        refs.append(
-            knowledge_pb2.Reference(
-                entry=entry_to_proto(ref.entry),
-                rank=rank,
-                score=common_pb2.ScoreParts(
-                    total_similarity=p.total_similarity,
-                    motion_similarity=p.motion_similarity,
-                    actor_similarity=p.actor_similarity,
-                    recipient_similarity=p.recipient_similarity,
-                    unit_similarity=p.unit_similarity,
-                    unit_score=p.unit_score,
-                    score=p.score,
-                    passed_total_threshold=p.passed_total_threshold,
-                    passed_motion_threshold=p.passed_motion_threshold,
-                    passed_actor_threshold=p.passed_actor_threshold,
-                ),
-            )
-        )
+    refs = [
+        knowledge_pb2.Reference(entry=entry_to_proto(ref.entry), rank=rank, score=score_parts_to_proto(ref.parts))
+        for rank, ref in enumerate(result.references, 1)
+    ]
     return knowledge_pb2.SearchResponse(
         references=refs,
         query_units=[
