@@ -1,16 +1,18 @@
 """One Generate request end to end: retrieve, condition, sample (batched with other requests), decode, mux.
 
 The pipeline yields domain events in stream order; the gRPC service turns them into messages.
-Knowledge modes: `off` conditions on the request alone; `semantic` appends the top reference's caption
-and selling points to the request text before it is encoded, so the text encoder's token states (and the
-DiT's cross-attention over them) see both the advertiser's selling points and how the reference creative
-shows them. `full` (semantic + the reference's motion LoRA) needs motion priors, which land later.
+Knowledge modes: `off` conditions on the request alone ("<product>: <point>; <point>"); `semantic` appends
+the top reference's caption (its product and colour swapped for the request's) and its selling points to
+the request text before it is encoded, so the text encoder's token states, and the DiT's cross-attention
+over them, see both the advertiser's selling points and how the reference creative shows its product.
+`full` (semantic + the reference's motion LoRA) needs motion priors, which land later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -82,9 +84,23 @@ def prompt_text(product: str, selling_points: Sequence[str]) -> str:
     return f"{product.strip()}: " + "; ".join(p.strip() for p in selling_points)
 
 
-def semantic_text(prompt: str, reference: Reference) -> str:
+# Colour adjectives that may precede a reference's product name; they describe the reference, not ours.
+_COLOURS = (
+    "red|orange|yellow|green|blue|purple|pink|white|black|brown|grey|gray|silver|gold|golden|beige|cream|navy|"
+    "teal|mint|violet|turquoise|cyan|magenta|maroon|olive|ivory|tan|coral"
+)
+
+
+def semantic_text(prompt: str, product: str, reference: Reference) -> str:
+    """The request fused with the reference: its caption, with the reference's own product (and the colour in
+    front of it) replaced by ours, then its selling points. The caption says how the reference moves; the
+    swap keeps its product and colour from leaking into what we draw."""
     entry = reference.entry
-    return f"{prompt}. {entry.caption.strip().rstrip('.')}. " + "; ".join(entry.selling_points)
+    caption = entry.caption.strip().rstrip(".")
+    if entry.product:
+        pattern = rf"\b(?:(?:{_COLOURS})\s+)?{re.escape(entry.product)}\b"
+        caption = re.sub(pattern, product, caption, count=1, flags=re.IGNORECASE)
+    return f"{prompt}. {caption}. " + "; ".join(entry.selling_points)
 
 
 class GenerationPipeline:
@@ -147,7 +163,7 @@ class GenerationPipeline:
             stages["retrieve"] = (time.perf_counter() - t0) * 1000
             if result.references:
                 yield ReferencesChosen(result.retrieval_id, result.references[0])
-                text = semantic_text(text, result.references[0])
+                text = semantic_text(text, p.product, result.references[0])
         t1 = time.perf_counter()
         tokens, mask = await asyncio.to_thread(self.text_encoder.encode_tokens, [text])
         stages["encode"] = (time.perf_counter() - t1) * 1000
