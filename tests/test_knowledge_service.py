@@ -372,6 +372,8 @@ async def test_metrics_endpoint_counts_rpcs(channel, server):
     assert 'kdcvg_grpc_requests_total{code="OK",method="KnowledgeService/Search"} 1.0' in body
     assert 'kdcvg_grpc_requests_total{code="UNAUTHENTICATED",method="KnowledgeService/Search"} 1.0' in body
     assert "kdcvg_grpc_latency_seconds_bucket" in body
+    assert 'kdcvg_stage_latency_seconds_count{stage="encode"} 1.0' in body
+    assert "kdcvg_encoder_batches 1.0" in body
 
 
 async def test_graceful_shutdown_drains_in_flight(settings, encoder, atomizer):

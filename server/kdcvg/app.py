@@ -170,7 +170,7 @@ async def start(
         ],
     )
     knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server(
-        KnowledgeServicer(kb, max_video_bytes=settings.max_video_bytes), server
+        KnowledgeServicer(kb, max_video_bytes=settings.max_video_bytes, metrics=metrics), server
     )
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(
         GenerationServicer(generation) if generation is not None else UnimplementedGeneration(), server
@@ -183,6 +183,7 @@ async def start(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
+    metrics.watch(kb.batcher, generation.sampler if generation is not None else None)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")

@@ -59,8 +59,23 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.encoder_batches = Counter("kdcvg_encoder_batches", "Encoder batches run", registry=self.registry)
-        self.encoder_items = Counter("kdcvg_encoder_items", "Texts encoded in batches", registry=self.registry)
+        self.encoder_batches = Gauge("kdcvg_encoder_batches", "Encoder batches run so far", registry=self.registry)
+        self.encoder_items = Gauge("kdcvg_encoder_items", "Texts encoded by the batcher so far", registry=self.registry)
+        self.sampler_in_flight = Gauge("kdcvg_sampler_in_flight", "Generations being sampled", registry=self.registry)
+        self.sampler_steps = Gauge("kdcvg_sampler_steps", "Sampler forward passes so far", registry=self.registry)
+        self.sampler_rows = Gauge(
+            "kdcvg_sampler_rows", "Rows sampled so far (2 per guided request)", registry=self.registry
+        )
+
+    def watch(self, batcher: object | None = None, sampler: object | None = None) -> None:
+        """Reads the batcher's and sampler's own counters at scrape time."""
+        if batcher is not None:
+            self.encoder_batches.set_function(lambda: batcher.batches_run)
+            self.encoder_items.set_function(lambda: batcher.items)
+        if sampler is not None:
+            self.sampler_in_flight.set_function(lambda: sampler.in_flight)
+            self.sampler_steps.set_function(lambda: sampler.steps_run)
+            self.sampler_rows.set_function(lambda: sampler.rows_run)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint; returns the bound port."""

@@ -127,7 +127,7 @@ class GenerationPipeline:
             raise InvalidInput("product is empty: name the product the ad is for")
         if len(p.product) > self.max_text_chars:
             raise InvalidInput(f"product is longer than {self.max_text_chars} characters")
-        points = self.kb._check_texts(p.selling_points)
+        points = self.kb.check_texts(p.selling_points)
         if p.mode not in MODES:
             raise InvalidInput(f"unknown knowledge mode {p.mode!r}")
         native = (m.frames, m.width, m.height)

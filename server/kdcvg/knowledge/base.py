@@ -165,7 +165,7 @@ class KnowledgeBase:
 
     # --- validation -----------------------------------------------------------------------------------
 
-    def _check_texts(self, selling_points: Sequence[str], what: str = "selling_points") -> list[str]:
+    def check_texts(self, selling_points: Sequence[str], what: str = "selling_points") -> list[str]:
         lim = self.limits
         if not selling_points:
             raise InvalidInput(f"{what} is empty: send 1-{lim.max_selling_points} selling points")
@@ -189,7 +189,7 @@ class KnowledgeBase:
             raise InvalidInput(
                 f"metadata.caption has {len(caption)} characters; at most {self.limits.max_caption_chars} allowed"
             )
-        points = self._check_texts(meta.selling_points, "metadata.selling_points")
+        points = self.check_texts(meta.selling_points, "metadata.selling_points")
         if len(meta.labels) > self.limits.max_labels:
             raise InvalidInput(f"metadata.labels has {len(meta.labels)} pairs; at most {self.limits.max_labels}")
         for text, name in ((meta.motion, "motion"), (meta.product, "product")):
@@ -302,7 +302,7 @@ class KnowledgeBase:
         limit: int = 5,
         ranking: str = "search_t2v",
     ) -> SearchResult:
-        points = self._check_texts(selling_points)
+        points = self.check_texts(selling_points)
         if len(product) > self.limits.max_text_chars:
             raise InvalidInput(f"product is longer than {self.limits.max_text_chars} characters")
         if not 1 <= limit <= self.limits.max_search_limit:

@@ -16,6 +16,7 @@ from kdcvg import categories
 from kdcvg.errors import InvalidInput, KdcvgError, TooLarge
 from kdcvg.interceptors import current_tenant
 from kdcvg.knowledge.base import Entry, IngestMeta, KnowledgeBase, SearchResult
+from kdcvg.metrics import ServerMetrics
 from kdcvg.retrieval.ranking import RankedCandidate
 from kdcvg.services.errors import grpc_errors
 from kdcvg.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
@@ -95,9 +96,10 @@ def category_name(value: int, *, required: bool) -> str | None:
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
-    def __init__(self, kb: KnowledgeBase, *, max_video_bytes: int) -> None:
+    def __init__(self, kb: KnowledgeBase, *, max_video_bytes: int, metrics: ServerMetrics | None = None) -> None:
         self.kb = kb
         self.max_video_bytes = max_video_bytes
+        self.metrics = metrics
 
     @grpc_errors
     async def Ingest(  # noqa: N802
@@ -155,6 +157,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             entry, existed = await self.kb.ingest(tenant, meta, spooled, digest, size)
         finally:
             Path(spooled).unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.kb_entries_ingested.labels("existing" if existed else "created").inc()
         return knowledge_pb2.IngestResponse(entry=entry_to_proto(entry), already_existed=existed)
 
     async def _spool(
@@ -188,6 +192,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             limit=request.limit or 5,
             ranking=RANKINGS[request.ranking],
         )
+        if self.metrics is not None:
+            for stage, micros in result.stage_micros.items():
+                self.metrics.stage_latency.labels(stage).observe(micros / 1e6)
         return search_to_proto(result)
 
     @grpc_errors
