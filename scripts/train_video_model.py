@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train kdcvg's embedded video model (autoencoder, then STDiT) on procedural ad creatives.
 
-    python scripts/train_video_model.py --ae-steps 1500 --minutes 40          # fresh run
-    python scripts/train_video_model.py --resume --minutes 20                 # continue exactly
+    python scripts/train_video_model.py --threads 1 --ae-only                 # autoencoder (~9 min)
+    python scripts/train_video_model.py --resume --threads 2 --minutes 56     # STDiT (continues exactly)
 
 Phases: (1) the autoencoder on random clips; (2) latent statistics and a pool of encoded clips with their
 texts' token states (refreshed in part every --refresh-every steps); (3) the STDiT with rectified flow.
@@ -255,7 +255,8 @@ def train_autoencoder(args, ae: VideoAutoencoder, ckpt_path: Path, state: dict |
                 (time.monotonic() - t0) / 50,
             )
             t0 = time.monotonic()
-        if step % args.ckpt_every == 0 or step == total or time.monotonic() > deadline:
+        done = step == total or time.monotonic() > deadline
+        if step % args.ckpt_every == 0 or done:
             save_ckpt(
                 ckpt_path,
                 {
@@ -264,6 +265,7 @@ def train_autoencoder(args, ae: VideoAutoencoder, ckpt_path: Path, state: dict |
                     "ae": ae.state_dict(),
                     "opt": opt.state_dict(),
                     "ae_config": ae.config.to_dict(),
+                    "done": done,  # finished by steps or by --ae-minutes: a resume goes on to the DiT
                 },
             )
         if time.monotonic() > deadline:
@@ -424,10 +426,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     # autoencoder
-    p.add_argument("--ae-steps", type=int, default=1500)
-    p.add_argument("--ae-minutes", type=float, default=8.0)
+    p.add_argument("--ae-steps", type=int, default=1700)
+    p.add_argument("--ae-minutes", type=float, default=9.0)
     p.add_argument("--ae-clips", type=int, default=8, help="clips per autoencoder step (x8 frame pairs)")
-    p.add_argument("--ae-lr", type=float, default=2e-3)
+    p.add_argument("--ae-lr", type=float, default=6e-4, help="2e-3 diverged (no norm layers)")
     p.add_argument("--ae-only", action="store_true", help="stop after the autoencoder phase")
     p.add_argument("--edge-weight", type=float, default=1.0)
     p.add_argument("--latent-channels", type=int, default=8)
@@ -444,7 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--drop-text", type=float, default=0.1)
     p.add_argument("--shift", type=float, default=4.0, help="training timestep shift (base shift at 128 tokens)")
-    p.add_argument("--max-steps", type=int, default=3000, help="sets the lr schedule; --minutes may stop earlier")
+    p.add_argument("--max-steps", type=int, default=2900, help="sets the lr schedule; --minutes may stop earlier")
     p.add_argument("--minutes", type=float, default=40.0, help="wall budget for this invocation's DiT phase")
     p.add_argument("--pool", type=int, default=2048)
     p.add_argument("--refresh", type=int, default=256)
@@ -496,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("autoencoder: %d parameters", count_parameters(ae))
     if dit_state is None:
         ae_state = torch.load(ae_ckpt, weights_only=False) if (args.resume and ae_ckpt.exists()) else None
-        if ae_state is not None and ae_state["step"] >= args.ae_steps:
+        if ae_state is not None and (ae_state.get("done") or ae_state["step"] >= args.ae_steps):
             ae.load_state_dict(ae_state["ae"])
             log.info("autoencoder loaded from %s (step %d)", ae_ckpt, ae_state["step"])
         elif args.bench:
