@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 
 from kdcvg.data import creatives as cr  # noqa: E402
+from kdcvg.generation.pipeline import fuse_reference, prompt_text  # noqa: E402
 from kdcvg.models import rectified_flow as rf  # noqa: E402
 from kdcvg.models.autoencoder import AutoencoderConfig, VideoAutoencoder, reconstruction_loss  # noqa: E402
 from kdcvg.models.stdit import STDiTConfig, count_parameters  # noqa: E402
@@ -42,9 +43,10 @@ from kdcvg.models.video_model import VideoModel  # noqa: E402
 
 HELD_OUT = ("orbit", "shake", "pulse")
 TRAIN_MOTIONS = tuple(m for m in cr.MOTIONS if m not in HELD_OUT)
-MAX_TEXT_TOKENS = 48
+MAX_TEXT_TOKENS = 64
 AE_SEED_BASE = 1_000_000
 POOL_SEED_BASE = 0
+REF_SEED_BASE = 20_000_000  # the "retrieved" reference of a pool clip, same motion, another creative
 EVAL_SEED_BASE = 50_000_000  # eval prompts never appear in training
 log = logging.getLogger("train")
 
@@ -53,13 +55,19 @@ log = logging.getLogger("train")
 # texts
 
 
-def clip_texts(c: cr.Creative) -> list[str]:
-    """The three request-like texts of a clip: caption; 'colour product: points'; points alone."""
-    pts = "; ".join(c.selling_points)
-    return [c.caption, f"{c.spec.color} {c.product}: {pts}", pts]
+def clip_texts(c: cr.Creative, seed: int) -> list[str]:
+    """The request-like texts of a clip: its caption; the request ("<colour> <product>: <points>"); the
+    points alone; and the request fused, as `semantic` mode fuses it, with the caption of another creative
+    of the same motion (the reference retrieval would return; its product and colour swapped for ours)."""
+    product = f"{c.spec.color} {c.product}"
+    request = prompt_text(product, c.selling_points)
+    ref = cr.make_creative(REF_SEED_BASE + seed, motions=[c.motion])
+    fused = fuse_reference(request, product, ref.caption, ref.product)
+    return [c.caption, request, "; ".join(c.selling_points), fused]
 
 
-TEXT_VARIANT_PROBS = (0.4, 0.4, 0.2)
+TEXT_VARIANTS = 4
+TEXT_VARIANT_PROBS = (0.3, 0.35, 0.1, 0.25)
 
 
 class TextCache:
@@ -318,7 +326,7 @@ class Pool:
         self.size, self.refresh = size, refresh
         self.generation = np.zeros(size, np.int64)
         self.latents: torch.Tensor | None = None
-        self.text_ids = torch.zeros(size, 3, dtype=torch.long)
+        self.text_ids = torch.zeros(size, TEXT_VARIANTS, dtype=torch.long)
         self.motion = [""] * size
 
     def seeds(self, slots: np.ndarray) -> np.ndarray:
@@ -333,10 +341,11 @@ class Pool:
         bf16: bool,
         stats: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        clips = [cr.make_creative(int(s), motions=TRAIN_MOTIONS) for s in self.seeds(slots)]
+        seeds = [int(s) for s in self.seeds(slots)]
+        clips = [cr.make_creative(s, motions=TRAIN_MOTIONS) for s in seeds]
         raw = encode_clips(ae, np.stack([c.frames for c in clips]), device, bf16)
-        all_texts = [t for c in clips for t in clip_texts(c)]
-        ids = torch.tensor(texts.ids(all_texts)).view(len(clips), 3)
+        all_texts = [t for c, s in zip(clips, seeds, strict=True) for t in clip_texts(c, s)]
+        ids = torch.tensor(texts.ids(all_texts)).view(len(clips), TEXT_VARIANTS)
         self.text_ids[slots] = ids
         for j, c in zip(slots, clips, strict=True):
             self.motion[j] = c.motion
@@ -629,7 +638,9 @@ def main(argv: list[str] | None = None) -> None:
 
     judge = SimpleJudge()
     prompts = eval_prompts(args.eval_per_motion)
-    p_states, p_masks = encode_padded(encoder, [clip_texts(p)[1] for p in prompts])
+    eval_texts = [clip_texts(p, EVAL_SEED_BASE + i) for i, p in enumerate(prompts)]
+    p_states, p_masks = encode_padded(encoder, [t[1] for t in eval_texts])
+    f_states, f_masks = encode_padded(encoder, [t[3] for t in eval_texts])
     gt = [judge(p.frames) for p in prompts]
     log.info(
         "simple judge on the ground-truth eval clips: motion %.0f%%, colour %.0f%%",
@@ -727,6 +738,9 @@ def main(argv: list[str] | None = None) -> None:
                 l_noframe = loss_on(ema.dit, *probe, frame_conditioning=False).item()
             r = evaluate(ema, judge, prompts, p_states, p_masks, args.eval_steps, 2.0)
             contact_sheet(r.pop("frames"), args.work_dir / f"samples_{step:06d}.png")
+            rs = evaluate(ema, judge, prompts, f_states, f_masks, args.eval_steps, 2.0)
+            rs.pop("frames")
+            r |= {"semantic_motion": rs["motion"], "semantic_color": rs["color"]}
             rec = {
                 "step": step,
                 "loss": float(np.mean(losses[-200:])),
@@ -739,6 +753,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("eval %s (%.1fs)", json.dumps(rec), time.monotonic() - te)
             tqdm.write(
                 f"eval step {step}: motion {r['motion']:.0%} colour {r['color']:.0%} "
+                f"(fused text: {r['semantic_motion']:.0%} / {r['semantic_color']:.0%}) "
                 f"probe true/wrong/no-frame {l_true:.4f}/{l_wrong:.4f}/{l_noframe:.4f}"
             )
             t_last += time.monotonic() - te

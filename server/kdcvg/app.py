@@ -23,8 +23,10 @@ from kdcvg.knowledge.index import HnswParams, open_index
 from kdcvg.metrics import ServerMetrics
 from kdcvg.services.generation import GenerationServicer
 from kdcvg.services.knowledge import KnowledgeServicer
+from kdcvg.services.priors import PriorServicer
 from kdcvg.services.unimplemented import GenerationServicer as UnimplementedGeneration
-from kdcvg.services.unimplemented import PriorServicer, ScoringServicer
+from kdcvg.services.unimplemented import PriorServicer as UnimplementedPriors
+from kdcvg.services.unimplemented import ScoringServicer
 from kdcvg.text.atomizer import Atomizer
 from kdcvg.text.batcher import MicroBatcher
 from kdcvg.text.encoder import TextEncoder
@@ -97,8 +99,6 @@ def build_generation(settings: Settings, kb: KnowledgeBase) -> GenerationPipelin
     """The video generation pipeline, or None when no model is configured or bundled. Blocking."""
     import torch
 
-    from kdcvg.generation.pipeline import GenerationPipeline
-    from kdcvg.generation.sampler import BatchedSampler
     from kdcvg.models.video_model import VideoModel
 
     model_dir = settings.model_dir or BUNDLED_MODEL
@@ -116,9 +116,48 @@ def build_generation(settings: Settings, kb: KnowledgeBase) -> GenerationPipelin
             providers=settings.encoder_providers,
             threads=settings.encoder_threads,
         )
-    sampler = BatchedSampler(model, max_rows=settings.sampler_max_rows, max_jobs=settings.max_generations)
+    return assemble_generation(settings, kb, model, encoder)
+
+
+def assemble_generation(settings: Settings, kb: KnowledgeBase, model, encoder: TextEncoder) -> GenerationPipeline:  # noqa: ANN001
+    """Wires a loaded model into the sampler, the motion-prior cache and the distiller. Blocking."""
+    from kdcvg.generation.sampler import BatchedSampler
+    from kdcvg.priors.cache import PriorCache
+    from kdcvg.priors.distill import DistillConfig
+    from kdcvg.priors.jobs import Distiller
+    from kdcvg.priors.lora import attach
+
+    model.requires_grad_(False)  # distillation trains LoRAs only; the base weights never take gradients
+    attach(model.dit)
+    priors = PriorCache(
+        settings.data_dir / "priors",
+        model.dit,
+        device_slots=settings.prior_device_slots,
+        host_bytes=settings.prior_host_cache_mb << 20,
+        rank=settings.prior_rank,
+        device=model.device,
+    )
+    kb.prior_exists = priors.exists
+    kb.on_delete.append(priors.delete)
+    sampler = BatchedSampler(
+        model, max_rows=settings.sampler_max_rows, max_jobs=settings.max_generations, slots=priors.slots
+    )
     sampler.calibrate()
-    return GenerationPipeline(kb=kb, text_encoder=encoder, model=model, sampler=sampler)
+    pipeline = GenerationPipeline(kb=kb, text_encoder=encoder, model=model, sampler=sampler, priors=priors)
+    pipeline.distiller = Distiller(
+        kb=kb,
+        encoder=encoder,
+        model=model,
+        cache=priors,
+        defaults=DistillConfig(
+            rank=settings.prior_rank,
+            steps=settings.prior_steps,
+            learning_rate=settings.prior_learning_rate,
+            loss=settings.prior_loss,
+        ),
+        max_running=settings.max_distillations,
+    )
+    return pipeline
 
 
 @dataclass
@@ -176,14 +215,25 @@ async def start(
         GenerationServicer(generation) if generation is not None else UnimplementedGeneration(), server
     )
     scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(), server)
-    prior_pb2_grpc.add_PriorServiceServicer_to_server(PriorServicer(), server)
+    distiller = getattr(generation, "distiller", None)
+    prior_pb2_grpc.add_PriorServiceServicer_to_server(
+        PriorServicer(generation.priors, distiller)
+        if generation is not None and generation.priors is not None and distiller is not None
+        else UnimplementedPriors(),
+        server,
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    metrics.watch(kb.batcher, generation.sampler if generation is not None else None)
+    metrics.watch(
+        kb.batcher,
+        generation.sampler if generation is not None else None,
+        generation.priors if generation is not None else None,
+        distiller,
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     sampler_max_rows: int = Field(16, description="rows of one sampler forward pass (2 per guided request)")
     torch_threads: int | None = None
 
+    # Motion priors (LoRAs)
+    prior_device_slots: int = Field(8, description="LoRAs resident for the sampler at once (distinct per step)")
+    prior_host_cache_mb: int = Field(256, description="host-memory LRU of loaded LoRAs, in MiB")
+    prior_rank: int = Field(128, description="default LoRA rank of DistillPrior (capped at the layer width)")
+    prior_steps: int = Field(400, description="default Adam steps of DistillPrior")
+    prior_learning_rate: float = Field(1e-3, description="default learning rate of DistillPrior")
+    prior_loss: Literal["paper", "code", "x0"] = Field("paper", description="motion loss of DistillPrior")
+    max_distillations: int = Field(1, description="DistillPrior calls running at once; beyond it RESOURCE_EXHAUSTED")
+
     # Limits on requests
     max_video_bytes: int = 48 * MiB
     # Decoded frames are held in memory: 256 frames of 1280x720 RGB are 700 MB at most.

@@ -25,3 +25,7 @@ class Overloaded(KdcvgError):
 
 class NotReady(KdcvgError):
     """A component is still loading or has been shut down (UNAVAILABLE)."""
+
+
+class FailedPrecondition(KdcvgError):
+    """The request is valid but the system is not in a state to serve it (FAILED_PRECONDITION)."""

@@ -66,9 +66,33 @@ class ServerMetrics:
         self.sampler_rows = Gauge(
             "kdcvg_sampler_rows", "Rows sampled so far (2 per guided request)", registry=self.registry
         )
+        self.prior_loads = Gauge(
+            "kdcvg_prior_loads",
+            "Motion-prior lookups so far, by the tier they were served from (device = a hit)",
+            ["tier"],
+            registry=self.registry,
+        )
+        self.prior_evictions = Gauge(
+            "kdcvg_prior_evictions", "Motion priors evicted so far, by tier", ["tier"], registry=self.registry
+        )
+        self.prior_slot_installs = Gauge(
+            "kdcvg_prior_slot_installs", "LoRAs copied into device slots so far", registry=self.registry
+        )
+        self.distillations = Gauge(
+            "kdcvg_distillations",
+            "DistillPrior jobs by state (running now, completed, cancelled)",
+            ["state"],
+            registry=self.registry,
+        )
 
-    def watch(self, batcher: object | None = None, sampler: object | None = None) -> None:
-        """Reads the batcher's and sampler's own counters at scrape time."""
+    def watch(
+        self,
+        batcher: object | None = None,
+        sampler: object | None = None,
+        priors: object | None = None,
+        distiller: object | None = None,
+    ) -> None:
+        """Reads the batcher's, sampler's, prior cache's and distiller's own counters at scrape time."""
         if batcher is not None:
             self.encoder_batches.set_function(lambda: batcher.batches_run)
             self.encoder_items.set_function(lambda: batcher.items)
@@ -76,6 +100,16 @@ class ServerMetrics:
             self.sampler_in_flight.set_function(lambda: sampler.in_flight)
             self.sampler_steps.set_function(lambda: sampler.steps_run)
             self.sampler_rows.set_function(lambda: sampler.rows_run)
+        if priors is not None:
+            for tier in ("disk", "host", "device"):
+                self.prior_loads.labels(tier).set_function(lambda t=tier: priors.loads[t])
+            for tier in ("host", "device"):
+                self.prior_evictions.labels(tier).set_function(lambda t=tier: priors.evictions[t])
+            self.prior_slot_installs.set_function(lambda: priors.slots.installs)
+        if distiller is not None:
+            self.distillations.labels("running").set_function(lambda: distiller.running)
+            self.distillations.labels("completed").set_function(lambda: distiller.completed)
+            self.distillations.labels("cancelled").set_function(lambda: distiller.cancelled)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint; returns the bound port."""

@@ -2,10 +2,11 @@
 
 The pipeline yields domain events in stream order; the gRPC service turns them into messages.
 Knowledge modes: `off` conditions on the request alone ("<product>: <point>; <point>"); `semantic` appends
-the top reference's caption (its product and colour swapped for the request's) and its selling points to
-the request text before it is encoded, so the text encoder's token states, and the DiT's cross-attention
+the top reference's caption (its product and colour swapped for the request's) to the request text before
+it is encoded, so the text encoder's token states, and the DiT's cross-attention
 over them, see both the advertiser's selling points and how the reference creative shows its product.
-`full` (semantic + the reference's motion LoRA) needs motion priors, which land later.
+`full` adds the reference's motion prior: its LoRA, distilled by PriorService.DistillPrior, is taken from
+the prior cache (disk -> host -> device slot) and attached to this request's rows of the sampler batch only.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdcvg.errors import InvalidInput
+from kdcvg.errors import FailedPrecondition, InvalidInput, NotFound
 from kdcvg.generation.sampler import BatchedSampler, SampleJob, new_seed, noise
 from kdcvg.knowledge.base import KnowledgeBase, Reference
 from kdcvg.media.video import encode_mp4
 from kdcvg.models import rectified_flow
+from kdcvg.priors.cache import PriorCache
+from kdcvg.priors.jobs import Distiller
+from kdcvg.priors.lora import PriorFileError
 from kdcvg.text.encoder import TextEncoder
 
-MODES = ("off", "semantic")
+MODES = ("off", "semantic", "full", "auto")  # auto: full if the reference has a prior, else semantic
 CHUNK_BYTES = 64 * 1024
 
 
@@ -43,12 +47,14 @@ class GenerateParams:
     seed: int = 0
     mode: str = "semantic"
     fps: int = 8
+    prior_scale: float = 1.0
 
 
 @dataclass
 class ReferencesChosen:
     retrieval_id: str
     reference: Reference
+    prior_id: str = ""
 
 
 @dataclass
@@ -91,16 +97,20 @@ _COLOURS = (
 )
 
 
+def fuse_reference(prompt: str, product: str, caption: str, reference_product: str) -> str:
+    """The request fused with a reference creative: "<prompt>. <reference caption>", where the caption's own
+    product (and the colour in front of it) is replaced by ours. The caption says how the reference moves;
+    the swap keeps its product and colour from leaking into what we draw. The training script builds its
+    semantic-mode texts with this same function, so the model has seen fused texts of this shape."""
+    caption = caption.strip().rstrip(".")
+    if reference_product:
+        pattern = rf"\b(?:(?:{_COLOURS})\s+)?{re.escape(reference_product)}\b"
+        caption = re.sub(pattern, lambda _: product, caption, count=1, flags=re.IGNORECASE)
+    return f"{prompt}. {caption}."
+
+
 def semantic_text(prompt: str, product: str, reference: Reference) -> str:
-    """The request fused with the reference: its caption, with the reference's own product (and the colour in
-    front of it) replaced by ours, then its selling points. The caption says how the reference moves; the
-    swap keeps its product and colour from leaking into what we draw."""
-    entry = reference.entry
-    caption = entry.caption.strip().rstrip(".")
-    if entry.product:
-        pattern = rf"\b(?:(?:{_COLOURS})\s+)?{re.escape(entry.product)}\b"
-        caption = re.sub(pattern, product, caption, count=1, flags=re.IGNORECASE)
-    return f"{prompt}. {caption}. " + "; ".join(entry.selling_points)
+    return fuse_reference(prompt, product, reference.entry.caption, reference.entry.product)
 
 
 class GenerationPipeline:
@@ -111,6 +121,8 @@ class GenerationPipeline:
         text_encoder: TextEncoder,
         model: torch.nn.Module,
         sampler: BatchedSampler,
+        priors: PriorCache | None = None,
+        distiller: Distiller | None = None,
         max_steps: int = 200,
         max_text_chars: int = 200,
     ) -> None:
@@ -118,6 +130,8 @@ class GenerationPipeline:
         self.text_encoder = text_encoder
         self.model = model
         self.sampler = sampler
+        self.priors = priors
+        self.distiller = distiller
         self.max_steps = max_steps
         self.max_text_chars = max_text_chars
 
@@ -146,8 +160,13 @@ class GenerationPipeline:
         fps = p.fps or 8
         if not 1 <= fps <= 60:
             raise InvalidInput(f"fps {fps} is out of range 1-60")
+        scale = 1.0 if p.prior_scale == 0 else p.prior_scale
+        if not 0.0 < scale <= 4.0:
+            raise InvalidInput(f"prior_scale {scale} is out of range (0, 4]; 0 means the default 1.0")
+        if p.mode == "full" and self.priors is None:
+            raise FailedPrecondition("this server has no motion-prior cache configured; use knowledge mode SEMANTIC")
         return GenerateParams(
-            p.product.strip(), points, p.category, *native, steps, guidance, p.seed or new_seed(), p.mode, fps
+            p.product.strip(), points, p.category, *native, steps, guidance, p.seed or new_seed(), p.mode, fps, scale
         )
 
     def estimate_seconds(self, p: GenerateParams) -> float:
@@ -158,12 +177,22 @@ class GenerationPipeline:
         stages: dict[str, float] = {}
         t0 = time.perf_counter()
         text = prompt_text(p.product, p.selling_points)
+        lora = None
         if p.mode != "off":
             result = await self.kb.search(tenant, p.selling_points, product=p.product, category=p.category, limit=1)
             stages["retrieve"] = (time.perf_counter() - t0) * 1000
+            if not result.references and p.mode == "full":
+                raise FailedPrecondition(
+                    "knowledge mode FULL found no reference creative for these selling points in this tenant's "
+                    "knowledge base: ingest creatives first, or use knowledge mode OFF"
+                )
             if result.references:
-                yield ReferencesChosen(result.retrieval_id, result.references[0])
-                text = semantic_text(text, p.product, result.references[0])
+                ref = result.references[0]
+                if p.mode == "full" or (p.mode == "auto" and self.priors is not None):
+                    lora = await self._prior(tenant, ref.entry.id, required=p.mode == "full")
+                    stages["prior"] = (time.perf_counter() - t0) * 1000 - stages["retrieve"]
+                yield ReferencesChosen(result.retrieval_id, ref, ref.entry.id if lora is not None else "")
+                text = semantic_text(text, p.product, ref)
         t1 = time.perf_counter()
         tokens, mask = await asyncio.to_thread(self.text_encoder.encode_tokens, [text])
         stages["encode"] = (time.perf_counter() - t1) * 1000
@@ -176,6 +205,8 @@ class GenerationPipeline:
             timesteps=rectified_flow.sampling_timesteps(p.steps, self.model.default_shift()).tolist(),
             guidance=p.guidance,
             latents=noise(shape, p.seed),
+            lora=lora,
+            lora_scale=p.prior_scale,
             progress=lambda step, total: progress.put_nowait(Progress(step, total, "sample")),
         )
         t2 = time.perf_counter()
@@ -213,6 +244,26 @@ class GenerationPipeline:
             sha256=hashlib.sha256(video).hexdigest(),
             stage_millis=stages,
         )
+
+    async def _prior(self, tenant: str, entry_id: str, *, required: bool):  # noqa: ANN202 - LoRAWeights | None
+        assert self.priors is not None
+        if not required and not await asyncio.to_thread(self.priors.exists, tenant, entry_id):
+            return None
+        try:
+            weights, _tier = await asyncio.to_thread(self.priors.get, tenant, entry_id)
+        except NotFound:
+            if not required:
+                return None
+            raise FailedPrecondition(
+                f"the chosen reference {entry_id} has no motion prior yet: distil it (`kdcvg prior distill "
+                f"{entry_id}`, or `kdcvg prior distill-all` for the whole knowledge base), or use knowledge mode "
+                "SEMANTIC"
+            ) from None
+        except PriorFileError as exc:
+            raise FailedPrecondition(
+                f"the motion prior of reference {entry_id} cannot be used ({exc}); distil it again"
+            ) from None
+        return weights
 
     @torch.inference_mode()
     def _decode(self, latents: torch.Tensor):  # noqa: ANN202 - np.ndarray (T, H, W, 3) uint8

@@ -5,6 +5,11 @@ and unconditioned halves go into the same doubled batch). Rows carry their own t
 text, so a request can join at any step boundary and leave (finished or cancelled) at the next one:
 a cancelled request stops within one step and frees its slot at once. Steps run in one worker thread;
 the event loop only moves requests in and out and forwards progress.
+
+A job may carry a motion prior (a LoRA): rows of one step may use different LoRAs, or none. The step puts
+each job's LoRA in a device slot (if it is not there yet) and runs the forward pass with the slot lock
+held, so a concurrent LoadPrior never changes a slot mid-step. A step takes at most as many distinct LoRAs
+as there are slots; jobs beyond that wait for a later step (rotation keeps it fair).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 
 from kdcvg.errors import Overloaded
 from kdcvg.models import rectified_flow
+from kdcvg.priors.cache import DeviceSlots
+from kdcvg.priors.lora import LoRAWeights, use_lora
 
 log = logging.getLogger("kdcvg.sampler")
 
@@ -35,6 +42,8 @@ class SampleJob:
     guidance: float
     latents: torch.Tensor  # (C, T, h, w), starts as noise
     progress: Callable[[int, int], None] | None = None
+    lora: LoRAWeights | None = None  # the motion prior of this request (host copy), or none
+    lora_scale: float = 1.0
     step: int = 0
     cancelled: bool = False
     done: asyncio.Future = field(default=None)  # type: ignore[assignment]
@@ -51,8 +60,16 @@ class BatchedSampler:
     `max_jobs` bounds the jobs in flight, beyond which `submit` raises Overloaded.
     """
 
-    def __init__(self, model: torch.nn.Module, *, max_rows: int = 16, max_jobs: int = 32) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_rows: int = 16,
+        max_jobs: int = 32,
+        slots: DeviceSlots | None = None,
+    ) -> None:
         self.model = model
+        self.slots = slots
         self.max_rows = max_rows
         self.max_jobs = max_jobs
         self._jobs: list[SampleJob] = []
@@ -128,7 +145,7 @@ class BatchedSampler:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = _take_rows(live, self.max_rows)
+            batch = _take_rows(live, self.max_rows, self.slots.n if self.slots is not None else 0)
             try:
                 started = time.perf_counter()
                 await loop.run_in_executor(None, self._step, batch)
@@ -178,7 +195,24 @@ class BatchedSampler:
         t_in = torch.cat([t, t[uncond_rows]])
         tok_in = torch.cat([tokens, null])
         mask_in = torch.cat([mask, null_mask])
-        v = self.model.velocity(x_in, t_in, tok_in, mask_in)
+        if any(j.lora is not None for j in batch):
+            if self.slots is None:
+                raise RuntimeError("a job carries a motion prior but this sampler has no LoRA slots")
+            with self.slots.lock:
+                protect = {j.lora.meta["uid"] for j in batch if j.lora is not None}
+                index = [self.slots.ensure(j.lora, protect)[0] if j.lora is not None else -1 for j in batch]
+                scale = [j.lora_scale for j in batch]
+                # The unconditioned half of a guided row uses its row's LoRA too (as VMC samples).
+                lora = self.slots.batch(
+                    index + [index[i] for i in uncond_rows], scale + [scale[i] for i in uncond_rows]
+                )
+                with use_lora(lora):
+                    v = self.model.velocity(x_in, t_in, tok_in, mask_in)
+        elif self.slots is not None:
+            with self.slots.lock:
+                v = self.model.velocity(x_in, t_in, tok_in, mask_in)
+        else:
+            v = self.model.velocity(x_in, t_in, tok_in, mask_in)
         v_cond = v[: len(batch)].clone()
         for k, i in enumerate(uncond_rows):
             v_cond[i] = rectified_flow.guide(v_cond[i], v[len(batch) + k], batch[i].guidance)
@@ -204,11 +238,19 @@ def _rows(job: SampleJob) -> int:
     return 2 if job.guidance > 1.0 else 1
 
 
-def _take_rows(jobs: list[SampleJob], max_rows: int) -> list[SampleJob]:
-    taken, rows = [], 0
+def _take_rows(jobs: list[SampleJob], max_rows: int, max_loras: int = 0) -> list[SampleJob]:
+    """Jobs for the next step, in order: at most `max_rows` rows and `max_loras` distinct LoRAs."""
+    taken: list[SampleJob] = []
+    rows = 0
+    loras: set[str] = set()
     for job in jobs:
         if rows + _rows(job) > max_rows and taken:
             break
+        if job.lora is not None:
+            uid = job.lora.meta["uid"]
+            if uid not in loras and max_loras and len(loras) >= max_loras:
+                continue  # waits for a step with a free slot
+            loras.add(uid)
         taken.append(job)
         rows += _rows(job)
     return taken

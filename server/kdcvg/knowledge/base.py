@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,6 +162,9 @@ class KnowledgeBase:
         self.ranking = ranking or RankingParams()
         self.unit_cache = UnitEmbeddingCache(encoder.encode)
         self._ingest_locks: dict[str, asyncio.Lock] = {}
+        # Motion priors live beside the entries (kdcvg.priors); these hooks keep the two in step.
+        self.prior_exists: Callable[[str, str], bool] | None = None
+        self.on_delete: list[Callable[[str, str], None]] = []
 
     # --- validation -----------------------------------------------------------------------------------
 
@@ -276,12 +279,16 @@ class KnowledgeBase:
         entry = self._get_or_none(tenant, entry_id)
         if entry is None:
             raise NotFound(f"no entry {entry_id} for this tenant")
+        if self.prior_exists is not None:
+            entry.has_prior = self.prior_exists(tenant, entry.id)
         return entry
 
     def delete(self, tenant: str, entry_id: str) -> None:
         entry = self.get(tenant, entry_id)
         self.index.delete([point_key(tenant, entry.id)], tenant=tenant)
         self.blobs.delete(tenant, entry.id)
+        for hook in self.on_delete:
+            hook(tenant, entry.id)
 
     def video(self, tenant: str, entry_id: str) -> bytes:
         entry = self.get(tenant, entry_id)

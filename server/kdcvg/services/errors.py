@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from kdcvg.errors import InvalidInput, KdcvgError, NotFound, NotReady, Overloaded, TooLarge
+from kdcvg.errors import FailedPrecondition, InvalidInput, KdcvgError, NotFound, NotReady, Overloaded, TooLarge
 
 log = logging.getLogger("kdcvg.errors")
 
@@ -20,6 +20,7 @@ STATUS_OF: dict[type[KdcvgError], grpc.StatusCode] = {
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

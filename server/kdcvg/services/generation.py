@@ -21,7 +21,7 @@ from kdcvg.services.knowledge import category_name, score_parts_to_proto
 from kdcvg.v1 import generation_pb2, generation_pb2_grpc
 
 MODES = {
-    generation_pb2.KNOWLEDGE_MODE_UNSPECIFIED: "semantic",
+    generation_pb2.KNOWLEDGE_MODE_UNSPECIFIED: "auto",
     generation_pb2.KNOWLEDGE_MODE_OFF: "off",
     generation_pb2.KNOWLEDGE_MODE_SEMANTIC: "semantic",
     generation_pb2.KNOWLEDGE_MODE_FULL: "full",
@@ -39,11 +39,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         o = request.options
         if o.knowledge_mode not in MODES:
             raise InvalidInput(f"unknown knowledge mode {o.knowledge_mode}")
-        if o.knowledge_mode == generation_pb2.KNOWLEDGE_MODE_FULL:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "knowledge mode FULL needs motion priors, which land with PriorService; use SEMANTIC or OFF",
-            )
         if o.score:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -67,6 +62,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 seed=o.seed,
                 mode=MODES[o.knowledge_mode],
                 fps=o.fps,
+                prior_scale=o.prior_scale,
             )
         )
         remaining = context.time_remaining()
@@ -90,6 +86,7 @@ def to_proto(event: object) -> generation_pb2.GenerateResponse:
                 entry_id=ref.entry.id,
                 caption=ref.entry.caption,
                 score=score_parts_to_proto(ref.parts),
+                prior_id=event.prior_id,
             )
         )
     if isinstance(event, Progress):
