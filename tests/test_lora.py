@@ -208,14 +208,19 @@ def test_attach_needs_self_attention() -> None:
         attach(nn.Sequential(nn.Linear(4, 4)))
 
 
-def test_fingerprint_follows_config() -> None:
-    a, b = tiny_dit(seed=0), tiny_dit(seed=1)
-    attach(a), attach(b)
-    assert fingerprint(a) == fingerprint(b)
+def test_fingerprint_follows_config_and_weights() -> None:
+    a, same_a, b = tiny_dit(seed=0), tiny_dit(seed=0), tiny_dit(seed=1)
+    for dit in (a, same_a, b):
+        attach(dit)
+    assert fingerprint(a) == fingerprint(same_a)
+    assert fingerprint(a) != fingerprint(b)  # another checkpoint of the same architecture
     c = tiny_dit(mlp_ratio=2.0)
     d = tiny_dit(depth=2)
     attach(c), attach(d)
     assert len({fingerprint(a), fingerprint(c), fingerprint(d)}) == 3
+    with torch.no_grad():
+        same_a.blocks[0].attn.k.weight[0, 0] += 1e-3
+    assert fingerprint(same_a) != fingerprint(a)
 
 
 def test_attached_model_without_batch_is_exactly_the_base() -> None:
@@ -529,4 +534,17 @@ def test_load_rejects_shape_mismatch_and_other_base_model(attached: STDiT, tmp_p
     w.save(path)
     LoRAWeights.load(path, sibling)
     with pytest.raises(PriorFileError, match=f"distilled on another base model \\({fingerprint(sibling)}"):
+        LoRAWeights.load(path, attached)
+    # The caller may pass the model's fingerprint it already has.
+    LoRAWeights.load(path, attached, fingerprint(sibling))
+    with pytest.raises(PriorFileError, match="this one is cafe"):
+        LoRAWeights.load(path, sibling, "cafe")
+
+    # Same architecture, other weights (a retrained checkpoint): refused as well.
+    retrained = tiny_dit(seed=1)
+    attach(retrained)
+    w.meta = {"base_model": fingerprint(retrained)}
+    w.save(path)
+    LoRAWeights.load(path, retrained)
+    with pytest.raises(PriorFileError, match="distilled on another base model"):
         LoRAWeights.load(path, attached)

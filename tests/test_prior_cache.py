@@ -349,14 +349,9 @@ def test_slot_contents_do_not_change_while_the_lock_is_held(tmp_path: Path, dit:
     assert seen == set(ws) and slots.installs > 2
 
 
-# --- known defects (strict xfail: they start failing loudly once fixed, then drop the marker) ------------------
+# --- regressions: a prior evicted from host memory, and a store racing a disk read ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PriorCache._forget finds a prior's device slot only through its host copy: once the host LRU has "
-    "dropped that copy, store/delete/unload leave the old uid in its device slot",
-)
 def test_forget_reaches_device_slots_after_host_eviction(tmp_path: Path, dit: STDiT) -> None:
     cache = PriorCache(tmp_path / "priors", dit, device_slots=2, host_bytes=lora(dit, 0).nbytes)
     old = cache.store("alpha", "p1", lora(dit, 1))
@@ -369,11 +364,6 @@ def test_forget_reaches_device_slots_after_host_eviction(tmp_path: Path, dit: ST
     assert cache.slots.slot_of(old.meta["uid"]) is None  # fails: UnloadPrior left it in the device slot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PriorCache.get reads the file outside the host lock and inserts what it read afterwards: a store "
-    "(or delete) in between is overwritten by the old version, which is then served until evicted",
-)
 def test_store_during_a_disk_read_is_not_undone(tmp_path: Path, dit: STDiT) -> None:
     reading, release = threading.Event(), threading.Event()
 

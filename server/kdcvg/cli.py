@@ -1,9 +1,11 @@
-"""The `kdcvg` command line: `serve`, the knowledge-base commands (through the Python SDK), and `demo`."""
+"""The `kdcvg` command line: `serve`, the knowledge-base and motion-prior commands (through the Python SDK),
+and `demo`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -25,6 +27,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 app = typer.Typer(help="kdcvg: knowledge-driven creative ad video generation over gRPC.", no_args_is_help=True)
 kb_app = typer.Typer(help="Knowledge-base commands, against a running server.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
+prior_app = typer.Typer(help="Motion-prior (LoRA) commands, against a running server.", no_args_is_help=True)
+app.add_typer(prior_app, name="prior")
 console = Console()
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -193,6 +197,213 @@ def kb_feedback(
     with _client(target, api_key) as client:
         reply = client.feedback(retrieval_id, entry_id, reward, note=note)
     console.print(f"stored feedback event {reply.event_id}")
+
+
+# -- motion priors -------------------------------------------------------------------------------------
+
+Rank = Annotated[int, typer.Option(help="LoRA rank; 0: the server default (capped at the layer width)")]
+Steps = Annotated[int, typer.Option(help="Adam steps; 0: the server default")]
+LearningRate = Annotated[float, typer.Option(help="learning rate; 0: the server default")]
+Seed = Annotated[int, typer.Option(help="random seed; 0 picks one")]
+DistillTimeout = Annotated[
+    float | None, typer.Option(help="deadline of one distillation in seconds; default the SDK's long timeout")
+]
+
+
+def _tier(tier: int) -> str:
+    from kdcvg_client import prior_tier_name
+
+    return prior_tier_name(tier)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024 or unit == "MiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _describe(prior) -> str:  # noqa: ANN001
+    return f"rank {prior.rank}, {_size(prior.size_bytes)}, final loss {prior.final_loss:.4f}, tier {_tier(prior.tier)}"
+
+
+def _progress() -> Progress:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=console)
+
+
+def distill_with_progress(client, progress: Progress, task, entry_id: str, **options):  # noqa: ANN001, ANN201
+    """One DistillPrior call to the end, its steps and loss on ``task``; returns the stored Prior."""
+
+    def on_event(event) -> None:  # noqa: ANN001
+        progress.update(task, total=event.total_steps, completed=event.step, info=f"loss {event.loss:.4f}")
+
+    return client.distill_prior_wait(entry_id, on_event=on_event, **options)
+
+
+@prior_app.command("list")
+def prior_list(target: Target = "localhost:50051", api_key: ApiKey = "kdcvg-dev-key") -> None:
+    """List the motion priors of your knowledge base and the cache tier each is in."""
+    with _client(target, api_key) as client:
+        priors = list(client.iter_priors())
+    if not priors:
+        console.print("no motion priors; distil one with `kdcvg prior distill ENTRY_ID`")
+        return
+    table = Table(title=f"{len(priors)} motion prior(s)", title_justify="left")
+    table.add_column("id", no_wrap=True, overflow="fold")
+    table.add_column("rank", justify="right")
+    table.add_column("tier")
+    table.add_column("size", justify="right")
+    table.add_column("final loss", justify="right")
+    for p in priors:
+        table.add_row(p.id, str(p.rank), _tier(p.tier), _size(p.size_bytes), f"{p.final_loss:.4f}")
+    console.print(table)
+
+
+@prior_app.command("load")
+def prior_load(prior_id: str, target: Target = "localhost:50051", api_key: ApiKey = "kdcvg-dev-key") -> None:
+    """Bring a prior into the device tier ahead of use."""
+    with _client(target, api_key) as client:
+        reply = client.load_prior(prior_id)
+    console.print(
+        f"prior {reply.prior.id}: tier {_tier(reply.prior.tier)} "
+        f"(loaded from {_tier(reply.loaded_from)} in {reply.load_millis:.1f} ms)"
+    )
+
+
+@prior_app.command("unload")
+def prior_unload(prior_id: str, target: Target = "localhost:50051", api_key: ApiKey = "kdcvg-dev-key") -> None:
+    """Drop a prior from the device and host tiers; its file stays on disk."""
+    with _client(target, api_key) as client:
+        t0 = time.perf_counter()
+        reply = client.unload_prior(prior_id)
+        millis = (time.perf_counter() - t0) * 1000
+    console.print(f"prior {reply.prior.id}: tier {_tier(reply.prior.tier)} (unloaded in {millis:.1f} ms)")
+
+
+@prior_app.command("distill")
+def prior_distill(
+    entry_id: Annotated[str, typer.Argument(help="the knowledge-base entry to distil a motion prior from")],
+    rank: Rank = 0,
+    steps: Steps = 0,
+    learning_rate: LearningRate = 0.0,
+    seed: Seed = 0,
+    timeout: DistillTimeout = None,
+    target: Target = "localhost:50051",
+    api_key: ApiKey = "kdcvg-dev-key",
+) -> None:
+    """Distil a motion prior (LoRA) from one entry, showing steps and loss."""
+    options = {"rank": rank, "steps": steps, "learning_rate": learning_rate, "seed": seed, "timeout": timeout}
+    with _client(target, api_key) as client, _progress() as progress:
+        task = progress.add_task(f"distil {entry_id[:12]}", total=steps or None, info="")
+        prior = distill_with_progress(client, progress, task, entry_id, **options)
+    console.print(f"prior {prior.id}: {_describe(prior)}")
+
+
+def _manifest_ids(directory: Path) -> list[str]:
+    """Entry ids of a `kb ingest` directory: an entry's id is the sha256 of its video bytes."""
+    return [hashlib.sha256((directory / row["file"]).read_bytes()).hexdigest() for row in _manifest(directory)]
+
+
+def discover_entries(client) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """The caller's entries as far as they can be found, and warnings about what may be missing.
+
+    KnowledgeService has no listing RPC; this runs one cosine Search per category (no filters, so it returns
+    the top `limit` entries of the category whatever the query) and adds the ids ListPriors knows.
+    """
+    from kdcvg_client import CATEGORY_NAMES
+
+    limit = 100  # the server's default max_search_limit
+    ids: dict[str, None] = {}
+    warnings = []
+    for category in CATEGORY_NAMES:
+        reply = client.search(["product"], category=category, limit=limit, ranking="cosine")
+        ids.update((ref.entry.id, None) for ref in reply.references)
+        if len(reply.references) >= limit:
+            warnings.append(
+                f"category {category} has {limit} or more entries and only {limit} were found; "
+                "name the others as arguments or with --manifest"
+            )
+    ids.update((p.id, None) for p in client.iter_priors())
+    return list(ids), warnings
+
+
+@prior_app.command("distill-all")
+def prior_distill_all(
+    entry_ids: Annotated[
+        list[str] | None, typer.Argument(help="entries to distil; default: every entry the server's searches find")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="a `kb ingest` directory: distil the entries of the clips it lists")
+    ] = None,
+    rank: Rank = 0,
+    steps: Steps = 0,
+    learning_rate: LearningRate = 0.0,
+    seed: Seed = 0,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing/--no-skip-existing", help="leave entries that already have a prior")
+    ] = True,
+    timeout: DistillTimeout = None,
+    target: Target = "localhost:50051",
+    api_key: ApiKey = "kdcvg-dev-key",
+) -> None:
+    """Distil a motion prior for every entry of your knowledge base, one after another.
+
+    Without ENTRY_IDS or --manifest, entries are found by one search per category (at most 100 each).
+
+    Exits 1 if any distillation failed.
+    """
+    # KnowledgeService has no listing RPC, hence the searches (discover_entries).
+    from kdcvg_client import KdcvgError
+
+    options = {"rank": rank, "steps": steps, "learning_rate": learning_rate, "seed": seed, "timeout": timeout}
+    distilled, skipped, failed = [], [], []
+    with _client(target, api_key) as client:
+        ids = [i.strip().lower() for i in entry_ids or []]
+        if manifest is not None:
+            ids += _manifest_ids(manifest)
+        if not ids:
+            ids, warnings = discover_entries(client)
+            for warning in warnings:
+                console.print(f"[yellow]warning[/]: {warning}")
+        ids = list(dict.fromkeys(ids))
+        existing = {p.id for p in client.iter_priors()} if skip_existing else set()
+        if not ids:
+            console.print("no entries to distil")
+            return
+        with _progress() as progress:
+            overall = progress.add_task("entries", total=len(ids), info="")
+            steps_task = progress.add_task("", total=steps or None, info="", visible=False)
+            for entry_id in ids:
+                if entry_id in existing:
+                    skipped.append(entry_id)
+                else:
+                    progress.reset(
+                        steps_task, total=steps or None, description=f"distil {entry_id[:12]}", info="", visible=True
+                    )
+                    try:
+                        prior = distill_with_progress(client, progress, steps_task, entry_id, **options)
+                        distilled.append(prior)
+                    except KdcvgError as exc:
+                        failed.append((entry_id, f"{exc.code.name}: {exc.message}"))
+                        progress.console.print(f"[red]failed[/] {entry_id}: {exc.code.name}: {exc.message}")
+                info = f"{len(distilled)} distilled, {len(skipped)} skipped, {len(failed)} failed"
+                progress.update(overall, advance=1, info=info)
+    console.print(f"distilled {len(distilled)}, skipped {len(skipped)} (already had a prior), failed {len(failed)}")
+    for prior in distilled:
+        console.print(f"  distilled {prior.id}: {_describe(prior)}")
+    for entry_id, reason in failed:
+        console.print(f"  [red]failed[/] {entry_id}: {reason}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager

@@ -103,8 +103,8 @@ class ServerMetrics:
         if priors is not None:
             for tier in ("disk", "host", "device"):
                 self.prior_loads.labels(tier).set_function(lambda t=tier: priors.loads[t])
-            for tier in ("host", "device"):
-                self.prior_evictions.labels(tier).set_function(lambda t=tier: priors.evictions[t])
+            self.prior_evictions.labels("host").set_function(lambda: priors.evictions["host"])
+            self.prior_evictions.labels("device").set_function(lambda: priors.slots.replaced)
             self.prior_slot_installs.set_function(lambda: priors.slots.installs)
         if distiller is not None:
             self.distillations.labels("running").set_function(lambda: distiller.running)

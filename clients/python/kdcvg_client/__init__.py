@@ -3,6 +3,8 @@
 Both clients have the same methods; unary calls return the response message, streaming calls return
 an iterator (``ServerStream`` / ``AsyncServerStream``) that cancels the RPC when abandoned. Failed calls
 raise a ``KdcvgError`` subclass named after the gRPC status (``NotFound``, ``Unavailable``, ...).
+``generate_video`` and ``distill_prior_wait`` run their stream to the end and return the video or the
+stored ``Prior``; ``iter_priors`` walks every page of ``list_priors``.
 
 The API key is sent as ``authorization: Bearer <key>``. Every call takes ``timeout`` (seconds); the
 deadline covers every attempt and the backoff between them, and the whole of a stream.
@@ -33,6 +35,7 @@ ScoreStream                   never                            the request itera
 """
 
 from ._config import ClientConfig, RetryPolicy
+from ._priors import prior_tier_name
 from ._requests import CATEGORY_NAMES, KNOWLEDGE_MODE_NAMES, RANKING_NAMES, parse_category
 from ._video import GeneratedVideo
 from .aio import AsyncKdcvgClient, AsyncServerStream
@@ -88,4 +91,5 @@ __all__ = [
     "Unimplemented",
     "UnknownError",
     "parse_category",
+    "prior_tier_name",
 ]

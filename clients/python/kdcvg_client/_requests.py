@@ -131,6 +131,7 @@ def generate_request(
     category: CategoryLike,
     options: OptionsLike | None,
     product_image: ImageLike | None,
+    reference_id: str = "",
 ) -> generation_pb2.GenerateRequest:
     return generation_pb2.GenerateRequest(
         product=product,
@@ -138,6 +139,7 @@ def generate_request(
         selling_points=_points(selling_points),
         product_image=_read_bytes(product_image),
         options=generate_options(options),
+        reference_id=reference_id,
     )
 
 

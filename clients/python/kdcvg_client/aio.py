@@ -28,6 +28,7 @@ from kdcvg.v1 import (
 
 from . import _ingest, _requests
 from ._config import ClientConfig
+from ._priors import PriorCollector
 from ._retry import (
     GENERATION,
     HEALTH_CHECK,
@@ -272,12 +273,20 @@ class AsyncKdcvgClient:
         category: _requests.CategoryLike,
         options: _requests.OptionsLike | None = None,
         product_image: _requests.ImageLike | None = None,
+        reference_id: str = "",
         timeout: float | None = None,
     ) -> AsyncServerStream[generation_pb2.GenerateResponse]:
         """The Generate event stream (iterate with ``async for``); ``options`` is a GenerateOptions or a
-        dict of its fields (``knowledge_mode`` may be a name: "off", "semantic", "full")."""
+        dict of its fields (``knowledge_mode`` may be a name: "off", "semantic", "full"; unset: "full" when
+        the reference has a motion prior, else "semantic"). ``reference_id`` pins that knowledge-base entry
+        as the reference instead of retrieving one (NotFound when this tenant has no such entry)."""
         request = _requests.generate_request(
-            product, selling_points, category=category, options=options, product_image=product_image
+            product,
+            selling_points,
+            category=category,
+            options=options,
+            product_image=product_image,
+            reference_id=reference_id,
         )
         return self._stream(
             GENERATION + "Generate", self._generation.Generate, request, self._timeout(timeout, long=True)
@@ -291,6 +300,7 @@ class AsyncKdcvgClient:
         category: _requests.CategoryLike,
         options: _requests.OptionsLike | None = None,
         product_image: _requests.ImageLike | None = None,
+        reference_id: str = "",
         on_event: Callable[[generation_pb2.GenerateResponse], Awaitable[None] | None] | None = None,
         timeout: float | None = None,
     ) -> GeneratedVideo:
@@ -303,6 +313,7 @@ class AsyncKdcvgClient:
             category=category,
             options=options,
             product_image=product_image,
+            reference_id=reference_id,
             timeout=timeout,
         )
         async with stream:
@@ -343,16 +354,17 @@ class AsyncKdcvgClient:
     # -- PriorService -------------------------------------------------------------------------------
 
     async def list_priors(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+        self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
     ) -> prior_pb2.ListPriorsResponse:
+        """One page of this tenant's priors, by id; ``page_size`` 0 is the server's default (100)."""
         request = prior_pb2.ListPriorsRequest(page_size=page_size, page_token=page_token)
         return await self._unary(PRIOR + "ListPriors", self._prior.ListPriors, request, self._timeout(timeout))
 
     async def iter_priors(self, *, page_size: int = 0, timeout: float | None = None) -> AsyncIterator[prior_pb2.Prior]:
-        """Every prior, page by page; ``timeout`` applies to each page."""
+        """Every prior, page by page (iterate with ``async for``); ``timeout`` applies to each page."""
         token = ""
         while True:
-            page = await self.list_priors(page_size=page_size, page_token=token, timeout=timeout)
+            page = await self.list_priors(page_size, token, timeout=timeout)
             for prior in page.priors:
                 yield prior
             token = page.next_page_token
@@ -360,10 +372,12 @@ class AsyncKdcvgClient:
                 return
 
     async def load_prior(self, id: str, *, timeout: float | None = None) -> prior_pb2.LoadPriorResponse:
+        """Brings a prior into the device tier; the reply says where it came from and how long it took."""
         request = prior_pb2.LoadPriorRequest(id=id)
         return await self._unary(PRIOR + "LoadPrior", self._prior.LoadPrior, request, self._timeout(timeout))
 
     async def unload_prior(self, id: str, *, timeout: float | None = None) -> prior_pb2.UnloadPriorResponse:
+        """Drops a prior from the device and host tiers; its file stays on disk."""
         request = prior_pb2.UnloadPriorRequest(id=id)
         return await self._unary(PRIOR + "UnloadPrior", self._prior.UnloadPrior, request, self._timeout(timeout))
 
@@ -377,10 +391,39 @@ class AsyncKdcvgClient:
         seed: int = 0,
         timeout: float | None = None,
     ) -> AsyncServerStream[prior_pb2.DistillPriorResponse]:
+        """The DistillPrior event stream (iterate with ``async for``): one event per step (step,
+        total_steps, loss), the last one also carries the stored ``prior``. Zero options take the server's
+        defaults. Never retried; abandoning the stream cancels the distillation and nothing is stored."""
         request = _requests.distill_request(entry_id, rank=rank, steps=steps, learning_rate=learning_rate, seed=seed)
         return self._stream(
             PRIOR + "DistillPrior", self._prior.DistillPrior, request, self._timeout(timeout, long=True)
         )
+
+    async def distill_prior_wait(
+        self,
+        entry_id: str,
+        *,
+        rank: int = 0,
+        steps: int = 0,
+        learning_rate: float = 0.0,
+        seed: int = 0,
+        on_event: Callable[[prior_pb2.DistillPriorResponse], Awaitable[None] | None] | None = None,
+        timeout: float | None = None,
+    ) -> prior_pb2.Prior:
+        """Runs ``distill_prior`` to the end and returns the stored prior; ``on_event`` (plain or async)
+        sees every event. An exception from ``on_event`` cancels the distillation."""
+        collector = PriorCollector()
+        stream = self.distill_prior(
+            entry_id, rank=rank, steps=steps, learning_rate=learning_rate, seed=seed, timeout=timeout
+        )
+        async with stream:
+            async for event in stream:
+                collector.add(event)
+                if on_event is not None:
+                    result = on_event(event)
+                    if inspect.isawaitable(result):
+                        await result
+        return collector.result()
 
     # -- health -------------------------------------------------------------------------------------
 

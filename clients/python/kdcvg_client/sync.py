@@ -26,6 +26,7 @@ from kdcvg.v1 import (
 
 from . import _ingest, _requests
 from ._config import ClientConfig
+from ._priors import PriorCollector
 from ._retry import (
     GENERATION,
     HEALTH_CHECK,
@@ -251,12 +252,20 @@ class KdcvgClient:
         category: _requests.CategoryLike,
         options: _requests.OptionsLike | None = None,
         product_image: _requests.ImageLike | None = None,
+        reference_id: str = "",
         timeout: float | None = None,
     ) -> ServerStream[generation_pb2.GenerateResponse]:
         """The Generate event stream; ``options`` is a GenerateOptions or a dict of its fields
-        (``knowledge_mode`` may be a name: "off", "semantic", "full")."""
+        (``knowledge_mode`` may be a name: "off", "semantic", "full"; unset: "full" when the reference has
+        a motion prior, else "semantic"). ``reference_id`` pins that knowledge-base entry as the reference
+        instead of retrieving one (NotFound when this tenant has no such entry)."""
         request = _requests.generate_request(
-            product, selling_points, category=category, options=options, product_image=product_image
+            product,
+            selling_points,
+            category=category,
+            options=options,
+            product_image=product_image,
+            reference_id=reference_id,
         )
         return self._stream(GENERATION + "Generate", self._generation.Generate, request, self._timeout(timeout, True))
 
@@ -268,6 +277,7 @@ class KdcvgClient:
         category: _requests.CategoryLike,
         options: _requests.OptionsLike | None = None,
         product_image: _requests.ImageLike | None = None,
+        reference_id: str = "",
         on_event: Callable[[generation_pb2.GenerateResponse], None] | None = None,
         timeout: float | None = None,
     ) -> GeneratedVideo:
@@ -279,6 +289,7 @@ class KdcvgClient:
             category=category,
             options=options,
             product_image=product_image,
+            reference_id=reference_id,
             timeout=timeout,
         ) as stream:
             for event in stream:
@@ -316,8 +327,9 @@ class KdcvgClient:
     # -- PriorService -------------------------------------------------------------------------------
 
     def list_priors(
-        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+        self, page_size: int = 0, page_token: str = "", *, timeout: float | None = None
     ) -> prior_pb2.ListPriorsResponse:
+        """One page of this tenant's priors, by id; ``page_size`` 0 is the server's default (100)."""
         request = prior_pb2.ListPriorsRequest(page_size=page_size, page_token=page_token)
         return self._unary(PRIOR + "ListPriors", self._prior.ListPriors, request, self._timeout(timeout))
 
@@ -325,17 +337,19 @@ class KdcvgClient:
         """Every prior, page by page; ``timeout`` applies to each page."""
         token = ""
         while True:
-            page = self.list_priors(page_size=page_size, page_token=token, timeout=timeout)
+            page = self.list_priors(page_size, token, timeout=timeout)
             yield from page.priors
             token = page.next_page_token
             if not token:
                 return
 
     def load_prior(self, id: str, *, timeout: float | None = None) -> prior_pb2.LoadPriorResponse:
+        """Brings a prior into the device tier; the reply says where it came from and how long it took."""
         request = prior_pb2.LoadPriorRequest(id=id)
         return self._unary(PRIOR + "LoadPrior", self._prior.LoadPrior, request, self._timeout(timeout))
 
     def unload_prior(self, id: str, *, timeout: float | None = None) -> prior_pb2.UnloadPriorResponse:
+        """Drops a prior from the device and host tiers; its file stays on disk."""
         request = prior_pb2.UnloadPriorRequest(id=id)
         return self._unary(PRIOR + "UnloadPrior", self._prior.UnloadPrior, request, self._timeout(timeout))
 
@@ -349,8 +363,34 @@ class KdcvgClient:
         seed: int = 0,
         timeout: float | None = None,
     ) -> ServerStream[prior_pb2.DistillPriorResponse]:
+        """The DistillPrior event stream: one event per step (step, total_steps, loss), the last one also
+        carries the stored ``prior``. Zero options take the server's defaults. Never retried; abandoning
+        the stream cancels the distillation and nothing is stored."""
         request = _requests.distill_request(entry_id, rank=rank, steps=steps, learning_rate=learning_rate, seed=seed)
         return self._stream(PRIOR + "DistillPrior", self._prior.DistillPrior, request, self._timeout(timeout, True))
+
+    def distill_prior_wait(
+        self,
+        entry_id: str,
+        *,
+        rank: int = 0,
+        steps: int = 0,
+        learning_rate: float = 0.0,
+        seed: int = 0,
+        on_event: Callable[[prior_pb2.DistillPriorResponse], None] | None = None,
+        timeout: float | None = None,
+    ) -> prior_pb2.Prior:
+        """Runs ``distill_prior`` to the end and returns the stored prior; ``on_event`` sees every event.
+        An exception from ``on_event`` cancels the distillation."""
+        collector = PriorCollector()
+        with self.distill_prior(
+            entry_id, rank=rank, steps=steps, learning_rate=learning_rate, seed=seed, timeout=timeout
+        ) as stream:
+            for event in stream:
+                collector.add(event)
+                if on_event is not None:
+                    on_event(event)
+        return collector.result()
 
     # -- health -------------------------------------------------------------------------------------
 

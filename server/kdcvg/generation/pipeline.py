@@ -22,12 +22,13 @@ import torch
 
 from kdcvg.errors import FailedPrecondition, InvalidInput, NotFound
 from kdcvg.generation.sampler import BatchedSampler, SampleJob, new_seed, noise
-from kdcvg.knowledge.base import KnowledgeBase, Reference
+from kdcvg.knowledge.base import KnowledgeBase, Reference, SearchResult
 from kdcvg.media.video import encode_mp4
 from kdcvg.models import rectified_flow
 from kdcvg.priors.cache import PriorCache
 from kdcvg.priors.jobs import Distiller
 from kdcvg.priors.lora import PriorFileError
+from kdcvg.retrieval.ranking import RankedCandidate
 from kdcvg.text.encoder import TextEncoder
 
 MODES = ("off", "semantic", "full", "auto")  # auto: full if the reference has a prior, else semantic
@@ -48,6 +49,7 @@ class GenerateParams:
     mode: str = "semantic"
     fps: int = 8
     prior_scale: float = 1.0
+    reference_id: str = ""  # a pinned reference entry instead of retrieval
 
 
 @dataclass
@@ -163,10 +165,22 @@ class GenerationPipeline:
         scale = 1.0 if p.prior_scale == 0 else p.prior_scale
         if not 0.0 < scale <= 4.0:
             raise InvalidInput(f"prior_scale {scale} is out of range (0, 4]; 0 means the default 1.0")
+        if p.reference_id and p.mode == "off":
+            raise InvalidInput("reference_id needs a knowledge mode that uses references (SEMANTIC or FULL), not OFF")
         if p.mode == "full" and self.priors is None:
             raise FailedPrecondition("this server has no motion-prior cache configured; use knowledge mode SEMANTIC")
         return GenerateParams(
-            p.product.strip(), points, p.category, *native, steps, guidance, p.seed or new_seed(), p.mode, fps, scale
+            p.product.strip(),
+            points,
+            p.category,
+            *native,
+            steps,
+            guidance,
+            p.seed or new_seed(),
+            p.mode,
+            fps,
+            scale,
+            p.reference_id.strip().lower(),
         )
 
     def estimate_seconds(self, p: GenerateParams) -> float:
@@ -179,7 +193,10 @@ class GenerationPipeline:
         text = prompt_text(p.product, p.selling_points)
         lora = None
         if p.mode != "off":
-            result = await self.kb.search(tenant, p.selling_points, product=p.product, category=p.category, limit=1)
+            if p.reference_id:
+                result = await self._pinned(tenant, p.reference_id)
+            else:
+                result = await self.kb.search(tenant, p.selling_points, product=p.product, category=p.category, limit=1)
             stages["retrieve"] = (time.perf_counter() - t0) * 1000
             if not result.references and p.mode == "full":
                 raise FailedPrecondition(
@@ -244,6 +261,11 @@ class GenerationPipeline:
             sha256=hashlib.sha256(video).hexdigest(),
             stage_millis=stages,
         )
+
+    async def _pinned(self, tenant: str, entry_id: str) -> SearchResult:
+        entry = await asyncio.to_thread(self.kb.get, tenant, entry_id)
+        parts = RankedCandidate(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False, False, False)
+        return SearchResult([Reference(entry, parts)], [], "", 0, {})
 
     async def _prior(self, tenant: str, entry_id: str, *, required: bool):  # noqa: ANN202 - LoRAWeights | None
         assert self.priors is not None

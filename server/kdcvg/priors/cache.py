@@ -56,6 +56,7 @@ class DeviceSlots:
         self._tick = 0
         self.lock = threading.RLock()
         self.installs = 0
+        self.replaced = 0  # installs that evicted another LoRA
 
     def slot_of(self, uid: str) -> int | None:
         try:
@@ -82,6 +83,7 @@ class DeviceSlots:
             if not candidates:
                 raise SlotsBusy(f"all {self.n} device slots are in use by this step")
             slot = min(candidates, key=lambda i: self._used[i])
+            self.replaced += 1
         r = weights.rank
         for k in self.a:
             self.a[k][slot].zero_()
@@ -102,7 +104,13 @@ class DeviceSlots:
             return True
 
     def batch(self, index: list[int], scale: list[float]) -> LoRABatch:
-        return LoRABatch(self.a, self.b, torch.tensor(index, dtype=torch.long), torch.tensor(scale))
+        device = next(iter(self.a.values())).device
+        return LoRABatch(
+            self.a,
+            self.b,
+            torch.tensor(index, dtype=torch.long, device=device),
+            torch.tensor(scale, dtype=torch.float32, device=device),
+        )
 
 
 class PriorCache:
@@ -127,6 +135,10 @@ class PriorCache:
         self.host_bytes = host_bytes
         self._host: OrderedDict[tuple[str, str], LoRAWeights] = OrderedDict()
         self._host_lock = threading.Lock()
+        # Every uid a key has had in memory (to evict them all) and a version counter bumped by each
+        # store/delete/unload, so a disk read that raced one of them is not cached.
+        self._uids: dict[tuple[str, str], set[str]] = {}
+        self._version: Counter[tuple[str, str]] = Counter()
         self.base_model = fingerprint(dit)
         self._pin = torch.cuda.is_available()
         self.loads: Counter[str] = Counter()  # loads by the tier they came from (device = a hit)
@@ -178,15 +190,17 @@ class PriorCache:
         )
 
     def tier(self, tenant: str, prior_id: str) -> str:
-        w = self._host_peek(tenant, prior_id)
-        if w is None:
-            return DISK
-        return DEVICE if self.slots.slot_of(w.meta["uid"]) is not None else HOST
+        with self._host_lock:
+            uids = set(self._uids.get((tenant, prior_id), ()))
+            in_host = (tenant, prior_id) in self._host
+        if any(self.slots.slot_of(u) is not None for u in uids):
+            return DEVICE
+        return HOST if in_host else DISK
 
     def _read(self, tenant: str, prior_id: str, *, check: bool = True) -> LoRAWeights:
         path = self.path(tenant, prior_id)
         try:
-            w = LoRAWeights.load(path, self.dit if check else None)
+            w = LoRAWeights.load(path, self.dit if check else None, self.base_model)
         except FileNotFoundError:
             raise NotFound(f"prior {prior_id!r} not found: distil it first (PriorService.DistillPrior)") from None
         w.meta.setdefault("uid", f"file-{path.stat().st_mtime_ns}")
@@ -200,28 +214,36 @@ class PriorCache:
     def get(self, tenant: str, prior_id: str) -> tuple[LoRAWeights, str]:
         """The prior in host memory (read from disk if needed); (weights, tier it was found in). Blocking."""
         key = (tenant, prior_id)
-        with self._host_lock:
-            w = self._host.get(key)
-            if w is not None:
+        while True:
+            with self._host_lock:
+                w = self._host.get(key)
+                if w is not None:
+                    self._host.move_to_end(key)
+                    tier = DEVICE if self.slots.slot_of(w.meta["uid"]) is not None else HOST
+                    self.loads[tier] += 1
+                    return w, tier
+                version = self._version[key]
+            w = self._read(tenant, prior_id)
+            if self._pin:
+                w = LoRAWeights(
+                    w.rank,
+                    {k: v.pin_memory() for k, v in w.a.items()},
+                    {k: v.pin_memory() for k, v in w.b.items()},
+                    w.meta,
+                )
+            with self._host_lock:
+                if self._version[key] != version:
+                    continue  # stored, deleted or unloaded while we read: read again
+                self._host[key] = w
+                self._uids.setdefault(key, set()).add(w.meta["uid"])
                 self._host.move_to_end(key)
-                tier = DEVICE if self.slots.slot_of(w.meta["uid"]) is not None else HOST
-                self.loads[tier] += 1
-                return w, tier
-        w = self._read(tenant, prior_id)
-        if self._pin:
-            w = LoRAWeights(
-                w.rank, {k: v.pin_memory() for k, v in w.a.items()}, {k: v.pin_memory() for k, v in w.b.items()}, w.meta
-            )
-        with self._host_lock:
-            self._host[key] = w
-            self._host.move_to_end(key)
-            total = sum(v.nbytes for v in self._host.values())
-            while total > self.host_bytes and len(self._host) > 1:
-                _, old = self._host.popitem(last=False)
-                total -= old.nbytes
-                self.evictions[HOST] += 1
-        self.loads[DISK] += 1
-        return w, DISK
+                total = sum(v.nbytes for v in self._host.values())
+                while total > self.host_bytes and len(self._host) > 1:
+                    _, old = self._host.popitem(last=False)
+                    total -= old.nbytes
+                    self.evictions[HOST] += 1
+                self.loads[DISK] += 1
+            return w, DISK
 
     # --- device --------------------------------------------------------------------------------------
     def load(self, tenant: str, prior_id: str) -> tuple[PriorInfo, str, float]:
@@ -243,10 +265,13 @@ class PriorCache:
         return self.info(tenant, prior_id)
 
     def _forget(self, tenant: str, prior_id: str) -> None:
+        key = (tenant, prior_id)
         with self._host_lock:
-            w = self._host.pop((tenant, prior_id), None)
-        if w is not None:
-            self.slots.evict(w.meta["uid"])
+            self._version[key] += 1
+            self._host.pop(key, None)
+            uids = self._uids.pop(key, set())
+        for uid in uids:
+            self.slots.evict(uid)
 
 
 def _tenant_dir(tenant: str) -> str:

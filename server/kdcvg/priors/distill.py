@@ -33,7 +33,7 @@ from kdcvg.media.keyframes import product_boxes, select_keyframes
 from kdcvg.models import rectified_flow as rf
 from kdcvg.priors.lora import LoRAWeights, attach, max_rank, use_lora
 
-LOSSES = ("paper", "code", "x0")
+LOSSES = ("paper", "code", "x0", "x0+flow")
 
 
 class DistillCancelled(Exception):
@@ -114,25 +114,28 @@ def distill(
     started = time.perf_counter()
     with torch.no_grad():
         x0 = model.encode(clip[None]).float()
-    y = text_tokens[None].float() if text_tokens.dim() == 2 else text_tokens.float()
-    m = text_mask[None].bool() if text_mask.dim() == 1 else text_mask.bool()
+    device = x0.device
+    y = (text_tokens[None] if text_tokens.dim() == 2 else text_tokens).float().to(device)
+    m = (text_mask[None] if text_mask.dim() == 1 else text_mask).bool().to(device)
     k = cfg.timesteps_per_step
     y, m, x0 = y.expand(k, -1, -1), m.expand(k, -1), x0.expand(k, -1, -1, -1, -1)
-    lora = LoRAWeights.init(dit, rank, generator=gen)
+    lora = LoRAWeights.init(dit, rank, generator=gen, device=device)
     opt = torch.optim.Adam(lora.parameters(), lr=cfg.learning_rate)
     shift = float(model.default_shift())
     losses: list[float] = []
     for step in range(1, cfg.steps + 1):
         if stop is not None and stop.is_set():
             raise DistillCancelled(f"cancelled at step {step - 1} of {cfg.steps}")
-        t = rf.sample_training_timesteps(k, shift=shift, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        t = rf.sample_training_timesteps(k, shift=shift, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         xt = rf.add_noise(x0, noise, t)
         with torch.enable_grad(), use_lora(lora.as_batch(k)):
             v = dit(xt, t, y, m)
-            if cfg.loss == "x0":  # residuals of the clean-latent prediction x0 = x_t - t v
+            if cfg.loss.startswith("x0"):  # residuals of the clean-latent prediction x0 = x_t - t v
                 tt = t.view(-1, 1, 1, 1, 1)
                 loss = motion_loss(xt - tt * v, x0, "paper")
+                if cfg.loss == "x0+flow":
+                    loss = loss + F.mse_loss(v.float(), rf.velocity_target(x0, noise))
             else:
                 loss = motion_loss(v, rf.velocity_target(x0, noise), cfg.loss)
         opt.zero_grad(set_to_none=True)

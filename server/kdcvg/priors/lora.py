@@ -148,10 +148,16 @@ def max_rank(dit: nn.Module) -> int:
 
 
 def fingerprint(dit: nn.Module) -> str:
-    """Identifies the base model a LoRA was distilled on (its config and target shapes)."""
+    """Identifies the base model a LoRA was distilled on: its config, target shapes and weights (a LoRA is a
+    correction to particular weights, so another checkpoint of the same architecture does not match)."""
     cfg = getattr(dit, "config", None)
     desc = {"config": cfg.to_dict() if hasattr(cfg, "to_dict") else str(cfg), "targets": targets(dit)}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(desc, sort_keys=True).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(dit.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -168,12 +174,14 @@ class LoRAWeights:
         return sum(t.numel() * t.element_size() for t in (*self.a.values(), *self.b.values()))
 
     @classmethod
-    def init(cls, dit: nn.Module, rank: int, *, generator: torch.Generator | None = None) -> LoRAWeights:
+    def init(
+        cls, dit: nn.Module, rank: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> LoRAWeights:
         """A fresh trainable LoRA: A small random, B zero (so it starts as the base model)."""
         a, b = {}, {}
         for name, (d_in, d_out) in targets(dit).items():
-            a[name] = (torch.randn(rank, d_in, generator=generator) / d_in**0.5).requires_grad_(True)
-            b[name] = torch.zeros(d_out, rank).requires_grad_(True)
+            a[name] = (torch.randn(rank, d_in, generator=generator) / d_in**0.5).to(device).requires_grad_(True)
+            b[name] = torch.zeros(d_out, rank, device=device).requires_grad_(True)
         return cls(rank, a, b)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -189,11 +197,12 @@ class LoRAWeights:
 
     def as_batch(self, samples: int, scale: float = 1.0) -> LoRABatch:
         """Every row of a `samples`-row forward pass uses this LoRA (distillation, merged-style runs)."""
+        device = next(iter(self.a.values())).device
         return LoRABatch(
             {k: v[None] for k, v in self.a.items()},
             {k: v[None] for k, v in self.b.items()},
-            torch.zeros(samples, dtype=torch.long),
-            torch.full((samples,), float(scale)),
+            torch.zeros(samples, dtype=torch.long, device=device),
+            torch.full((samples,), float(scale), device=device),
         )
 
     def check(self, dit: nn.Module) -> None:
@@ -229,8 +238,9 @@ class LoRAWeights:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, dit: nn.Module | None = None) -> LoRAWeights:
-        """Reads and (given the model) checks a LoRA file; PriorFileError says what is wrong with it."""
+    def load(cls, path: Path, dit: nn.Module | None = None, base_model: str | None = None) -> LoRAWeights:
+        """Reads and (given the model) checks a LoRA file; PriorFileError says what is wrong with it.
+        `base_model`: the model's fingerprint, when the caller has it already."""
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -252,7 +262,7 @@ class LoRAWeights:
         out = cls(rank, a, b, {k: v for k, v in meta.items() if k not in ("format", "rank")})
         if dit is not None:
             out.check(dit)
-            want = fingerprint(dit)
+            want = base_model or fingerprint(dit)
             if out.meta.get("base_model", want) != want:
                 raise PriorFileError(
                     f"{path.name} was distilled on another base model ({out.meta['base_model']}, this one is {want}); "

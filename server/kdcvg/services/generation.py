@@ -63,6 +63,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 mode=MODES[o.knowledge_mode],
                 fps=o.fps,
                 prior_scale=o.prior_scale,
+                reference_id=request.reference_id,
             )
         )
         remaining = context.time_remaining()

@@ -26,7 +26,7 @@ from kdcvg.v1 import common_pb2 as kdcvg_dot_v1_dot_common__pb2
 from kdcvg.v1 import scoring_pb2 as kdcvg_dot_v1_dot_scoring__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kdcvg/v1/generation.proto\x12\x08kdcvg.v1\x1a\x15kdcvg/v1/common.proto\x1a\x16kdcvg/v1/scoring.proto\"\xd1\x01\n\x0fGenerateOptions\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x10\n\x08guidance\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12/\n\x0eknowledge_mode\x18\x07 \x01(\x0e\x32\x17.kdcvg.v1.KnowledgeMode\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x05\x12\x13\n\x0bprior_scale\x18\t \x01(\x02\x12\r\n\x05score\x18\n \x01(\x08\"\xa3\x01\n\x0fGenerateRequest\x12\x0f\n\x07product\x18\x01 \x01(\t\x12$\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\x16\n\x0eselling_points\x18\x03 \x03(\t\x12\x15\n\rproduct_image\x18\x04 \x01(\x0c\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.kdcvg.v1.GenerateOptions\"\x82\x01\n\x10ReferencesChosen\x12\x14\n\x0cretrieval_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12#\n\x05score\x18\x04 \x01(\x0b\x32\x14.kdcvg.v1.ScoreParts\x12\x10\n\x08prior_id\x18\x05 \x01(\t\"<\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\"K\n\nVideoChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x11\n\tmime_type\x18\x04 \x01(\t\"\xe9\x01\n\x0fGenerateSummary\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12@\n\x0cstage_millis\x18\x02 \x03(\x0b\x32*.kdcvg.v1.GenerateSummary.StageMillisEntry\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x13\n\x0bvideo_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x1a\x32\n\x10StageMillisEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf4\x01\n\x10GenerateResponse\x12\x30\n\nreferences\x18\x01 \x01(\x0b\x32\x1a.kdcvg.v1.ReferencesChosenH\x00\x12&\n\x08progress\x18\x02 \x01(\x0b\x32\x12.kdcvg.v1.ProgressH\x00\x12%\n\x05video\x18\x03 \x01(\x0b\x32\x14.kdcvg.v1.VideoChunkH\x00\x12(\n\x06scores\x18\x04 \x01(\x0b\x32\x16.kdcvg.v1.ScoreSummaryH\x00\x12,\n\x07summary\x18\x05 \x01(\x0b\x32\x19.kdcvg.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent*}\n\rKnowledgeMode\x12\x1e\n\x1aKNOWLEDGE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12KNOWLEDGE_MODE_OFF\x10\x01\x12\x1b\n\x17KNOWLEDGE_MODE_SEMANTIC\x10\x02\x12\x17\n\x13KNOWLEDGE_MODE_FULL\x10\x03\x32X\n\x11GenerationService\x12\x43\n\x08Generate\x12\x19.kdcvg.v1.GenerateRequest\x1a\x1a.kdcvg.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kdcvg/v1/generation.proto\x12\x08kdcvg.v1\x1a\x15kdcvg/v1/common.proto\x1a\x16kdcvg/v1/scoring.proto\"\xd1\x01\n\x0fGenerateOptions\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x10\n\x08guidance\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12/\n\x0eknowledge_mode\x18\x07 \x01(\x0e\x32\x17.kdcvg.v1.KnowledgeMode\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x05\x12\x13\n\x0bprior_scale\x18\t \x01(\x02\x12\r\n\x05score\x18\n \x01(\x08\"\xb9\x01\n\x0fGenerateRequest\x12\x0f\n\x07product\x18\x01 \x01(\t\x12$\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\x16\n\x0eselling_points\x18\x03 \x03(\t\x12\x15\n\rproduct_image\x18\x04 \x01(\x0c\x12*\n\x07options\x18\x05 \x01(\x0b\x32\x19.kdcvg.v1.GenerateOptions\x12\x14\n\x0creference_id\x18\x06 \x01(\t\"\x82\x01\n\x10ReferencesChosen\x12\x14\n\x0cretrieval_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12#\n\x05score\x18\x04 \x01(\x0b\x32\x14.kdcvg.v1.ScoreParts\x12\x10\n\x08prior_id\x18\x05 \x01(\t\"<\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\"K\n\nVideoChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x11\n\tmime_type\x18\x04 \x01(\t\"\xe9\x01\n\x0fGenerateSummary\x12\x0c\n\x04seed\x18\x01 \x01(\x04\x12@\n\x0cstage_millis\x18\x02 \x03(\x0b\x32*.kdcvg.v1.GenerateSummary.StageMillisEntry\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x05\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x13\n\x0bvideo_bytes\x18\x06 \x01(\x03\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x1a\x32\n\x10StageMillisEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf4\x01\n\x10GenerateResponse\x12\x30\n\nreferences\x18\x01 \x01(\x0b\x32\x1a.kdcvg.v1.ReferencesChosenH\x00\x12&\n\x08progress\x18\x02 \x01(\x0b\x32\x12.kdcvg.v1.ProgressH\x00\x12%\n\x05video\x18\x03 \x01(\x0b\x32\x14.kdcvg.v1.VideoChunkH\x00\x12(\n\x06scores\x18\x04 \x01(\x0b\x32\x16.kdcvg.v1.ScoreSummaryH\x00\x12,\n\x07summary\x18\x05 \x01(\x0b\x32\x19.kdcvg.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent*}\n\rKnowledgeMode\x12\x1e\n\x1aKNOWLEDGE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12KNOWLEDGE_MODE_OFF\x10\x01\x12\x1b\n\x17KNOWLEDGE_MODE_SEMANTIC\x10\x02\x12\x17\n\x13KNOWLEDGE_MODE_FULL\x10\x03\x32X\n\x11GenerationService\x12\x43\n\x08Generate\x12\x19.kdcvg.v1.GenerateRequest\x1a\x1a.kdcvg.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._loaded_options = None
   _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._serialized_options = b'8\001'
-  _globals['_KNOWLEDGEMODE']._serialized_start=1219
-  _globals['_KNOWLEDGEMODE']._serialized_end=1344
+  _globals['_KNOWLEDGEMODE']._serialized_start=1241
+  _globals['_KNOWLEDGEMODE']._serialized_end=1366
   _globals['_GENERATEOPTIONS']._serialized_start=87
   _globals['_GENERATEOPTIONS']._serialized_end=296
   _globals['_GENERATEREQUEST']._serialized_start=299
-  _globals['_GENERATEREQUEST']._serialized_end=462
-  _globals['_REFERENCESCHOSEN']._serialized_start=465
-  _globals['_REFERENCESCHOSEN']._serialized_end=595
-  _globals['_PROGRESS']._serialized_start=597
-  _globals['_PROGRESS']._serialized_end=657
-  _globals['_VIDEOCHUNK']._serialized_start=659
-  _globals['_VIDEOCHUNK']._serialized_end=734
-  _globals['_GENERATESUMMARY']._serialized_start=737
-  _globals['_GENERATESUMMARY']._serialized_end=970
-  _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._serialized_start=920
-  _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._serialized_end=970
-  _globals['_GENERATERESPONSE']._serialized_start=973
-  _globals['_GENERATERESPONSE']._serialized_end=1217
-  _globals['_GENERATIONSERVICE']._serialized_start=1346
-  _globals['_GENERATIONSERVICE']._serialized_end=1434
+  _globals['_GENERATEREQUEST']._serialized_end=484
+  _globals['_REFERENCESCHOSEN']._serialized_start=487
+  _globals['_REFERENCESCHOSEN']._serialized_end=617
+  _globals['_PROGRESS']._serialized_start=619
+  _globals['_PROGRESS']._serialized_end=679
+  _globals['_VIDEOCHUNK']._serialized_start=681
+  _globals['_VIDEOCHUNK']._serialized_end=756
+  _globals['_GENERATESUMMARY']._serialized_start=759
+  _globals['_GENERATESUMMARY']._serialized_end=992
+  _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._serialized_start=942
+  _globals['_GENERATESUMMARY_STAGEMILLISENTRY']._serialized_end=992
+  _globals['_GENERATERESPONSE']._serialized_start=995
+  _globals['_GENERATERESPONSE']._serialized_end=1239
+  _globals['_GENERATIONSERVICE']._serialized_start=1368
+  _globals['_GENERATIONSERVICE']._serialized_end=1456
 # @@protoc_insertion_point(module_scope)

@@ -45,18 +45,20 @@ class GenerateOptions(_message.Message):
     def __init__(self, frames: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., steps: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., knowledge_mode: _Optional[_Union[KnowledgeMode, str]] = ..., fps: _Optional[int] = ..., prior_scale: _Optional[float] = ..., score: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("product", "category", "selling_points", "product_image", "options")
+    __slots__ = ("product", "category", "selling_points", "product_image", "options", "reference_id")
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     SELLING_POINTS_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     product: str
     category: _common_pb2.Category
     selling_points: _containers.RepeatedScalarFieldContainer[str]
     product_image: bytes
     options: GenerateOptions
-    def __init__(self, product: _Optional[str] = ..., category: _Optional[_Union[_common_pb2.Category, str]] = ..., selling_points: _Optional[_Iterable[str]] = ..., product_image: _Optional[bytes] = ..., options: _Optional[_Union[GenerateOptions, _Mapping]] = ...) -> None: ...
+    reference_id: str
+    def __init__(self, product: _Optional[str] = ..., category: _Optional[_Union[_common_pb2.Category, str]] = ..., selling_points: _Optional[_Iterable[str]] = ..., product_image: _Optional[bytes] = ..., options: _Optional[_Union[GenerateOptions, _Mapping]] = ..., reference_id: _Optional[str] = ...) -> None: ...
 
 class ReferencesChosen(_message.Message):
     __slots__ = ("retrieval_id", "entry_id", "caption", "score", "prior_id")
