@@ -167,6 +167,58 @@ def kb_search(
         print_search(reply, " / ".join(selling_points))
 
 
+def _category_option(category: str | None) -> str | None:
+    """Checks a --category value before any call; None for "all"."""
+    from kdcvg_client import parse_category
+
+    if category is None:
+        return None
+    try:
+        parse_category(category)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--category") from None
+    return category
+
+
+def _category_name(value: int) -> str:
+    from kdcvg import categories
+
+    return categories.BY_ENUM.get(value, "unspecified")
+
+
+@kb_app.command("list")
+def kb_list(
+    category: Annotated[str | None, typer.Option(help="list only this category")] = None,
+    target: Target = "localhost:50051",
+    api_key: ApiKey = "kdcvg-dev-key",
+) -> None:
+    """List the entries of your knowledge base."""
+    category = _category_option(category)
+    with _client(target, api_key) as client:
+        entries = list(client.iter_entries(category))
+    if not entries:
+        where = f" in category {category}" if category else ""
+        console.print(f"no entries{where}; add some with `kdcvg kb ingest DIRECTORY`")
+        return
+    table = Table(title=f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    table.add_column("category", no_wrap=True)
+    table.add_column("motion", no_wrap=True)
+    table.add_column("product", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column("has prior")
+    table.add_column("caption", no_wrap=True, overflow="ellipsis", max_width=50)
+    for e in entries:
+        table.add_row(
+            e.id[:12],
+            _category_name(e.category),
+            e.motion,
+            e.product,
+            "yes" if e.has_prior else "no",
+            e.caption,
+        )
+    console.print(table)
+
+
 @kb_app.command("get")
 def kb_get(entry_id: str, target: Target = "localhost:50051", api_key: ApiKey = "kdcvg-dev-key") -> None:
     """Print one entry as JSON."""
@@ -313,33 +365,15 @@ def _manifest_ids(directory: Path) -> list[str]:
     return [hashlib.sha256((directory / row["file"]).read_bytes()).hexdigest() for row in _manifest(directory)]
 
 
-def discover_entries(client) -> tuple[list[str], list[str]]:  # noqa: ANN001
-    """The caller's entries as far as they can be found, and warnings about what may be missing.
-
-    KnowledgeService has no listing RPC; this runs one cosine Search per category (no filters, so it returns
-    the top `limit` entries of the category whatever the query) and adds the ids ListPriors knows.
-    """
-    from kdcvg_client import CATEGORY_NAMES
-
-    limit = 100  # the server's default max_search_limit
-    ids: dict[str, None] = {}
-    warnings = []
-    for category in CATEGORY_NAMES:
-        reply = client.search(["product"], category=category, limit=limit, ranking="cosine")
-        ids.update((ref.entry.id, None) for ref in reply.references)
-        if len(reply.references) >= limit:
-            warnings.append(
-                f"category {category} has {limit} or more entries and only {limit} were found; "
-                "name the others as arguments or with --manifest"
-            )
-    ids.update((p.id, None) for p in client.iter_priors())
-    return list(ids), warnings
+def discover_entries(client) -> list[str]:  # noqa: ANN001
+    """Ids of every entry of the caller's knowledge base, walking every page of ListEntries."""
+    return [entry.id for entry in client.iter_entries()]
 
 
 @prior_app.command("distill-all")
 def prior_distill_all(
     entry_ids: Annotated[
-        list[str] | None, typer.Argument(help="entries to distil; default: every entry the server's searches find")
+        list[str] | None, typer.Argument(help="entries to distil; default: every entry of your knowledge base")
     ] = None,
     manifest: Annotated[
         Path | None, typer.Option(help="a `kb ingest` directory: distil the entries of the clips it lists")
@@ -357,11 +391,10 @@ def prior_distill_all(
 ) -> None:
     """Distil a motion prior for every entry of your knowledge base, one after another.
 
-    Without ENTRY_IDS or --manifest, entries are found by one search per category (at most 100 each).
+    Without ENTRY_IDS or --manifest: every entry of your knowledge base (those `kdcvg kb list` shows).
 
     Exits 1 if any distillation failed.
     """
-    # KnowledgeService has no listing RPC, hence the searches (discover_entries).
     from kdcvg_client import KdcvgError
 
     options = {"rank": rank, "steps": steps, "learning_rate": learning_rate, "seed": seed, "timeout": timeout}
@@ -371,9 +404,7 @@ def prior_distill_all(
         if manifest is not None:
             ids += _manifest_ids(manifest)
         if not ids:
-            ids, warnings = discover_entries(client)
-            for warning in warnings:
-                console.print(f"[yellow]warning[/]: {warning}")
+            ids = discover_entries(client)
         ids = list(dict.fromkeys(ids))
         existing = {p.id for p in client.iter_priors()} if skip_existing else set()
         if not ids:

@@ -4,7 +4,8 @@ Both clients have the same methods; unary calls return the response message, str
 an iterator (``ServerStream`` / ``AsyncServerStream``) that cancels the RPC when abandoned. Failed calls
 raise a ``KdcvgError`` subclass named after the gRPC status (``NotFound``, ``Unavailable``, ...).
 ``generate_video`` and ``distill_prior_wait`` run their stream to the end and return the video or the
-stored ``Prior``; ``iter_priors`` walks every page of ``list_priors``.
+stored ``Prior``; ``iter_priors`` and ``iter_entries`` walk every page of ``list_priors`` and
+``list_entries``.
 
 The API key is sent as ``authorization: Bearer <key>``. Every call takes ``timeout`` (seconds); the
 deadline covers every attempt and the backoff between them, and the whole of a stream.
@@ -19,7 +20,7 @@ RPC                           retried on                       why
 ============================  ===============================  ===========================================
 Ingest                        UNAVAILABLE, RESOURCE_EXHAUSTED  content-addressed; a retry re-sends the
                                                                whole stream from byte 0
-Search, Get                   UNAVAILABLE, RESOURCE_EXHAUSTED  read-only
+Search, Get, ListEntries      UNAVAILABLE, RESOURCE_EXHAUSTED  read-only
 Score                         UNAVAILABLE, RESOURCE_EXHAUSTED  pure function of the request
 ListPriors, LoadPrior,        UNAVAILABLE, RESOURCE_EXHAUSTED  read-only, or sets a state the repeat
 UnloadPrior                                                    sets again

@@ -118,6 +118,18 @@ def search_request(
     )
 
 
+def list_entries_request(
+    page_size: int, page_token: str, category: CategoryLike | None
+) -> knowledge_pb2.ListEntriesRequest:
+    if page_size < 0:
+        raise ValueError(f"page_size must be 0 (the server's default) or positive, got {page_size}")
+    return knowledge_pb2.ListEntriesRequest(
+        page_size=page_size,
+        page_token=page_token,
+        category=0 if category is None else parse_category(category),
+    )
+
+
 def feedback_request(retrieval_id: str, entry_id: str, reward: float, note: str) -> knowledge_pb2.FeedbackRequest:
     if not -1.0 <= reward <= 1.0:
         raise ValueError(f"reward must be in [-1, 1], got {reward}")

@@ -25,6 +25,7 @@ RETRY_CODES: dict[str, frozenset[grpc.StatusCode]] = {
     KNOWLEDGE + "Ingest": _TRANSIENT,
     KNOWLEDGE + "Search": _TRANSIENT,
     KNOWLEDGE + "Get": _TRANSIENT,
+    KNOWLEDGE + "ListEntries": _TRANSIENT,
     # UNAVAILABLE is ambiguous for Delete: the first attempt may have deleted the entry, and the retry
     # would then report NOT_FOUND for a delete that worked. RESOURCE_EXHAUSTED is a refusal, safe to retry.
     KNOWLEDGE + "Delete": frozenset({Code.RESOURCE_EXHAUSTED}),

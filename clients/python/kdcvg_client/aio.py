@@ -16,6 +16,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kdcvg.v1 import (
+    common_pb2,
     generation_pb2,
     generation_pb2_grpc,
     knowledge_pb2,
@@ -252,6 +253,39 @@ class AsyncKdcvgClient:
     async def get(self, id: str, *, timeout: float | None = None) -> knowledge_pb2.GetResponse:
         request = knowledge_pb2.GetRequest(id=id)
         return await self._unary(KNOWLEDGE + "Get", self._knowledge.Get, request, self._timeout(timeout))
+
+    async def list_entries(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        category: _requests.CategoryLike | None = None,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.ListEntriesResponse:
+        """One page of this tenant's entries in a stable order; ``page_size`` 0 is the server's default (100).
+        Pass the same ``category`` with every page of a listing."""
+        request = _requests.list_entries_request(page_size, page_token, category)
+        return await self._unary(
+            KNOWLEDGE + "ListEntries", self._knowledge.ListEntries, request, self._timeout(timeout)
+        )
+
+    async def iter_entries(
+        self,
+        category: _requests.CategoryLike | None = None,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[common_pb2.Entry]:
+        """Every entry (of ``category`` when given), page by page (iterate with ``async for``); ``timeout``
+        applies to each page."""
+        token = ""
+        while True:
+            page = await self.list_entries(page_size, token, category=category, timeout=timeout)
+            for entry in page.entries:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
 
     async def delete(self, id: str, *, timeout: float | None = None) -> knowledge_pb2.DeleteResponse:
         request = knowledge_pb2.DeleteRequest(id=id)

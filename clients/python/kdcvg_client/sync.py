@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kdcvg.v1 import (
+    common_pb2,
     generation_pb2,
     generation_pb2_grpc,
     knowledge_pb2,
@@ -231,6 +232,35 @@ class KdcvgClient:
     def get(self, id: str, *, timeout: float | None = None) -> knowledge_pb2.GetResponse:
         request = knowledge_pb2.GetRequest(id=id)
         return self._unary(KNOWLEDGE + "Get", self._knowledge.Get, request, self._timeout(timeout))
+
+    def list_entries(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        category: _requests.CategoryLike | None = None,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.ListEntriesResponse:
+        """One page of this tenant's entries in a stable order; ``page_size`` 0 is the server's default (100).
+        Pass the same ``category`` with every page of a listing."""
+        request = _requests.list_entries_request(page_size, page_token, category)
+        return self._unary(KNOWLEDGE + "ListEntries", self._knowledge.ListEntries, request, self._timeout(timeout))
+
+    def iter_entries(
+        self,
+        category: _requests.CategoryLike | None = None,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[common_pb2.Entry]:
+        """Every entry (of ``category`` when given), page by page; ``timeout`` applies to each page."""
+        token = ""
+        while True:
+            page = self.list_entries(page_size, token, category=category, timeout=timeout)
+            yield from page.entries
+            token = page.next_page_token
+            if not token:
+                return
 
     def delete(self, id: str, *, timeout: float | None = None) -> knowledge_pb2.DeleteResponse:
         request = knowledge_pb2.DeleteRequest(id=id)

@@ -11,8 +11,13 @@ before the upsert leaves at most an orphan video file, which the next ingest of 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import builtins
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +56,8 @@ class Limits:
     max_search_limit: int = 100
     search_candidates: int = 100
     max_labels: int = 32
+    default_page_size: int = 100
+    max_page_size: int = 1000
 
 
 @dataclass
@@ -113,6 +120,45 @@ class SearchResult:
 
 def point_key(tenant: str, entry_id: str) -> str:
     return f"{tenant}/{entry_id}"
+
+
+_TOKEN_VERSION = 1
+_BAD_TOKEN = (
+    "page_token is not one this server issued: pass the next_page_token of the previous ListEntries response "
+    "unchanged, or an empty page_token for the first page"
+)
+
+
+def encode_page_token(offset: str, category: str | None) -> str:
+    """An opaque ListEntries page token: where the next page starts and the filter it was issued for."""
+    raw = json.dumps({"v": _TOKEN_VERSION, "after": offset, "category": category or ""}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, category: str | None) -> str | None:
+    """The index offset a page token names (None for the empty token); InvalidInput for a token this
+    server did not issue or one issued for another category."""
+    token = token.strip()
+    if not token:
+        return None
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != _TOKEN_VERSION:
+            raise ValueError("unknown token version")
+        offset, issued_for = data["after"], data["category"]
+        if not isinstance(offset, str) or not isinstance(issued_for, str):
+            raise ValueError("malformed token")
+        offset = str(uuid.UUID(offset))
+    except (ValueError, KeyError, TypeError, binascii.Error):  # json and unicode errors are ValueErrors
+        raise InvalidInput(_BAD_TOKEN) from None
+    if issued_for != (category or ""):
+        raise InvalidInput(
+            f"page_token was issued for category {issued_for or 'unspecified (all)'}, not "
+            f"{category or 'unspecified (all)'}: send the same category with every page, or start over "
+            "with an empty page_token"
+        )
+    return offset
 
 
 def core_first(units_per_text: Sequence[list[SemanticUnit]]) -> list[SemanticUnit]:
@@ -282,6 +328,25 @@ class KnowledgeBase:
         if self.prior_exists is not None:
             entry.has_prior = self.prior_exists(tenant, entry.id)
         return entry
+
+    def list(
+        self, tenant: str, *, category: str | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[Entry], str]:
+        """One page of the tenant's entries (of ``category`` when given), in the index's stable point-id order,
+        and the token of the next page ("" after the last). ``page_size`` 0 takes the default."""
+        lim = self.limits
+        size = page_size or lim.default_page_size
+        if not 1 <= size <= lim.max_page_size:
+            raise InvalidInput(
+                f"page_size {page_size} is out of range 1-{lim.max_page_size} (0: the default, {lim.default_page_size})"
+            )
+        offset = decode_page_token(page_token, category)
+        hits, next_offset = self.index.scroll(tenant, category=category, limit=size, offset=offset)
+        entries = [Entry.from_payload(h.payload) for h in hits]
+        if self.prior_exists is not None:
+            for entry in entries:
+                entry.has_prior = self.prior_exists(tenant, entry.id)
+        return entries, "" if next_offset is None else encode_page_token(next_offset, category)
 
     def delete(self, tenant: str, entry_id: str) -> None:
         entry = self.get(tenant, entry_id)

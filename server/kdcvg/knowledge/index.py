@@ -97,6 +97,14 @@ class VectorIndex(Protocol):
 
     def retrieve(self, ids: Sequence[str], *, tenant: str) -> list[Hit]: ...
 
+    def scroll(
+        self, tenant: str, *, category: str | None = None, limit: int, offset: str | None = None
+    ) -> tuple[list[Hit], str | None]:
+        """One page of a tenant's points (and category) with their whole payload, ordered by Qdrant point id,
+        which is stable. ``offset``: None for the first page, then the ``next_offset`` the previous page
+        returned (a point id, inclusive). Returns the page and the next offset, None after the last page."""
+        ...
+
     def delete(self, ids: Sequence[str], *, tenant: str) -> None: ...
 
     def count(self, tenant: str | None = None) -> int: ...
@@ -139,6 +147,24 @@ def _check_tenant(tenant: str) -> None:
 def _hit(stored: dict[str, Any] | None, score: float) -> Hit:
     payload = dict(stored or {})
     return Hit(id=str(payload.pop(KEY_FIELD, "")), score=float(score), payload=payload)
+
+
+def _scroll_args(tenant: str, limit: int, offset: str | None) -> str | None:
+    """Checks a scroll's arguments; returns ``offset`` in canonical form (a point id is a UUID)."""
+    _check_tenant(tenant)
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    if offset is None:
+        return None
+    try:
+        return str(uuid.UUID(offset))
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"offset {offset!r} is not a point id (a UUID)") from None
+
+
+def _page(records: Sequence[Any], next_offset: object, tenant: str) -> tuple[list[Hit], str | None]:
+    hits = [_hit(r.payload, 0.0) for r in records if (r.payload or {}).get(TENANT_FIELD) == tenant]
+    return hits, None if next_offset is None else str(next_offset)
 
 
 def _in_order(ids: Sequence[str], hits: list[Hit]) -> list[Hit]:
@@ -354,6 +380,21 @@ class EdgeIndex:
             records = self._shard.retrieve(uuids, True, False)
         hits = [_hit(r.payload, 0.0) for r in records if (r.payload or {}).get(TENANT_FIELD) == tenant]
         return _in_order(ids, hits)
+
+    def scroll(
+        self, tenant: str, *, category: str | None = None, limit: int, offset: str | None = None
+    ) -> tuple[list[Hit], str | None]:
+        offset = _scroll_args(tenant, limit, offset)
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=_edge_filter(tenant, category),
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._shard_lock.read():
+            records, next_offset = self._shard.scroll(request)
+        return _page(records, next_offset, tenant)
 
     def count(self, tenant: str | None = None) -> int:
         flt = None if tenant is None else qe.Filter(must=[_edge_match(TENANT_FIELD, tenant)])
@@ -732,6 +773,20 @@ class QdrantServerIndex:
         records = self.client.retrieve(self.collection, uuids, with_payload=True)
         hits = [_hit(r.payload, 0.0) for r in records if (r.payload or {}).get(TENANT_FIELD) == tenant]
         return _in_order(ids, hits)
+
+    def scroll(
+        self, tenant: str, *, category: str | None = None, limit: int, offset: str | None = None
+    ) -> tuple[list[Hit], str | None]:
+        offset = _scroll_args(tenant, limit, offset)
+        records, next_offset = self.client.scroll(
+            self.collection,
+            scroll_filter=_server_filter(tenant, category),
+            limit=limit,
+            offset=offset,
+            with_payload=True,
+            with_vectors=False,
+        )
+        return _page(records, next_offset, tenant)
 
     def delete(self, ids: Sequence[str], *, tenant: str) -> None:
         _check_tenant(tenant)

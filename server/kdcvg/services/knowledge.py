@@ -205,6 +205,19 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         return knowledge_pb2.GetResponse(entry=entry_to_proto(entry))
 
     @grpc_errors
+    async def ListEntries(  # noqa: N802
+        self, request: knowledge_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> knowledge_pb2.ListEntriesResponse:
+        entries, token = await asyncio.to_thread(
+            self.kb.list,
+            current_tenant(),
+            category=category_name(request.category, required=False),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return knowledge_pb2.ListEntriesResponse(entries=[entry_to_proto(e) for e in entries], next_page_token=token)
+
+    @grpc_errors
     async def Delete(  # noqa: N802
         self, request: knowledge_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> knowledge_pb2.DeleteResponse:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kdcvg.v1 import common_pb2 as kdcvg_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kdcvg/v1/knowledge.proto\x12\x08kdcvg.v1\x1a\x15kdcvg/v1/common.proto\"\x8a\x02\n\x0eIngestMetadata\x12$\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x16\n\x0eselling_points\x18\x03 \x03(\t\x12\x0e\n\x06motion\x18\x04 \x01(\t\x12\x0f\n\x07product\x18\x05 \x01(\t\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.kdcvg.v1.IngestMetadata.LabelsEntry\x12\x13\n\x0btotal_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rIngestRequest\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x18.kdcvg.v1.IngestMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"I\n\x0eIngestResponse\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\x91\x01\n\rSearchRequest\x12\x16\n\x0eselling_points\x18\x01 \x03(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12$\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\"\n\x07ranking\x18\x05 \x01(\x0e\x32\x11.kdcvg.v1.Ranking\"^\n\tReference\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\x12#\n\x05score\x18\x02 \x01(\x0b\x32\x14.kdcvg.v1.ScoreParts\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\x85\x02\n\x0eSearchResponse\x12\'\n\nreferences\x18\x01 \x03(\x0b\x32\x13.kdcvg.v1.Reference\x12+\n\x0bquery_units\x18\x02 \x03(\x0b\x32\x16.kdcvg.v1.SemanticUnit\x12\x14\n\x0cretrieval_id\x18\x03 \x01(\t\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12?\n\x0cstage_micros\x18\x05 \x03(\x0b\x32).kdcvg.v1.SearchResponse.StageMicrosEntry\x1a\x32\n\x10StageMicrosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x18\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x0bGetResponse\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\"\x1b\n\rDeleteRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x0e\x44\x65leteResponse\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x14\n\x0cretrieval_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\x0c\n\x04note\x18\x04 \x01(\t\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*N\n\x07Ranking\x12\x17\n\x13RANKING_UNSPECIFIED\x10\x00\x12\x16\n\x12RANKING_SEARCH_T2V\x10\x01\x12\x12\n\x0eRANKING_COSINE\x10\x02\x32\xc2\x02\n\x10KnowledgeService\x12=\n\x06Ingest\x12\x17.kdcvg.v1.IngestRequest\x1a\x18.kdcvg.v1.IngestResponse(\x01\x12;\n\x06Search\x12\x17.kdcvg.v1.SearchRequest\x1a\x18.kdcvg.v1.SearchResponse\x12\x32\n\x03Get\x12\x14.kdcvg.v1.GetRequest\x1a\x15.kdcvg.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.kdcvg.v1.DeleteRequest\x1a\x18.kdcvg.v1.DeleteResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.kdcvg.v1.FeedbackRequest\x1a\x1a.kdcvg.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kdcvg/v1/knowledge.proto\x12\x08kdcvg.v1\x1a\x15kdcvg/v1/common.proto\"\x8a\x02\n\x0eIngestMetadata\x12$\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x16\n\x0eselling_points\x18\x03 \x03(\t\x12\x0e\n\x06motion\x18\x04 \x01(\t\x12\x0f\n\x07product\x18\x05 \x01(\t\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.kdcvg.v1.IngestMetadata.LabelsEntry\x12\x13\n\x0btotal_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rIngestRequest\x12,\n\x08metadata\x18\x01 \x01(\x0b\x32\x18.kdcvg.v1.IngestMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"I\n\x0eIngestResponse\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\x91\x01\n\rSearchRequest\x12\x16\n\x0eselling_points\x18\x01 \x03(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12$\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x12.kdcvg.v1.Category\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\"\n\x07ranking\x18\x05 \x01(\x0e\x32\x11.kdcvg.v1.Ranking\"^\n\tReference\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\x12#\n\x05score\x18\x02 \x01(\x0b\x32\x14.kdcvg.v1.ScoreParts\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\x85\x02\n\x0eSearchResponse\x12\'\n\nreferences\x18\x01 \x03(\x0b\x32\x13.kdcvg.v1.Reference\x12+\n\x0bquery_units\x18\x02 \x03(\x0b\x32\x16.kdcvg.v1.SemanticUnit\x12\x14\n\x0cretrieval_id\x18\x03 \x01(\t\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12?\n\x0cstage_micros\x18\x05 \x03(\x0b\x32).kdcvg.v1.SearchResponse.StageMicrosEntry\x1a\x32\n\x10StageMicrosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x18\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x0bGetResponse\x12\x1e\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x0f.kdcvg.v1.Entry\"a\n\x12ListEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x12.kdcvg.v1.Category\"P\n\x13ListEntriesResponse\x12 \n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0f.kdcvg.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1b\n\rDeleteRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\x0e\x44\x65leteResponse\x12\n\n\x02id\x18\x01 \x01(\t\"W\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x14\n\x0cretrieval_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x02\x12\x0c\n\x04note\x18\x04 \x01(\t\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*N\n\x07Ranking\x12\x17\n\x13RANKING_UNSPECIFIED\x10\x00\x12\x16\n\x12RANKING_SEARCH_T2V\x10\x01\x12\x12\n\x0eRANKING_COSINE\x10\x02\x32\x8e\x03\n\x10KnowledgeService\x12=\n\x06Ingest\x12\x17.kdcvg.v1.IngestRequest\x1a\x18.kdcvg.v1.IngestResponse(\x01\x12;\n\x06Search\x12\x17.kdcvg.v1.SearchRequest\x1a\x18.kdcvg.v1.SearchResponse\x12\x32\n\x03Get\x12\x14.kdcvg.v1.GetRequest\x1a\x15.kdcvg.v1.GetResponse\x12J\n\x0bListEntries\x12\x1c.kdcvg.v1.ListEntriesRequest\x1a\x1d.kdcvg.v1.ListEntriesResponse\x12;\n\x06\x44\x65lete\x12\x17.kdcvg.v1.DeleteRequest\x1a\x18.kdcvg.v1.DeleteResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.kdcvg.v1.FeedbackRequest\x1a\x1a.kdcvg.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTMETADATA_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHRESPONSE_STAGEMICROSENTRY']._loaded_options = None
   _globals['_SEARCHRESPONSE_STAGEMICROSENTRY']._serialized_options = b'8\001'
-  _globals['_RANKING']._serialized_start=1263
-  _globals['_RANKING']._serialized_end=1341
+  _globals['_RANKING']._serialized_start=1444
+  _globals['_RANKING']._serialized_end=1522
   _globals['_INGESTMETADATA']._serialized_start=62
   _globals['_INGESTMETADATA']._serialized_end=328
   _globals['_INGESTMETADATA_LABELSENTRY']._serialized_start=283
@@ -58,14 +58,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREQUEST']._serialized_end=1028
   _globals['_GETRESPONSE']._serialized_start=1030
   _globals['_GETRESPONSE']._serialized_end=1075
-  _globals['_DELETEREQUEST']._serialized_start=1077
-  _globals['_DELETEREQUEST']._serialized_end=1104
-  _globals['_DELETERESPONSE']._serialized_start=1106
-  _globals['_DELETERESPONSE']._serialized_end=1134
-  _globals['_FEEDBACKREQUEST']._serialized_start=1136
-  _globals['_FEEDBACKREQUEST']._serialized_end=1223
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1225
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1261
-  _globals['_KNOWLEDGESERVICE']._serialized_start=1344
-  _globals['_KNOWLEDGESERVICE']._serialized_end=1666
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1077
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1174
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1176
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1256
+  _globals['_DELETEREQUEST']._serialized_start=1258
+  _globals['_DELETEREQUEST']._serialized_end=1285
+  _globals['_DELETERESPONSE']._serialized_start=1287
+  _globals['_DELETERESPONSE']._serialized_end=1315
+  _globals['_FEEDBACKREQUEST']._serialized_start=1317
+  _globals['_FEEDBACKREQUEST']._serialized_end=1404
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1406
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1442
+  _globals['_KNOWLEDGESERVICE']._serialized_start=1525
+  _globals['_KNOWLEDGESERVICE']._serialized_end=1923
 # @@protoc_insertion_point(module_scope)

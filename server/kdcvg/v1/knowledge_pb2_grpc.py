@@ -51,6 +51,11 @@ class KnowledgeServiceStub:
                 request_serializer=kdcvg_dot_v1_dot_knowledge__pb2.GetRequest.SerializeToString,
                 response_deserializer=kdcvg_dot_v1_dot_knowledge__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/kdcvg.v1.KnowledgeService/ListEntries',
+                request_serializer=kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/kdcvg.v1.KnowledgeService/Delete',
                 request_serializer=kdcvg_dot_v1_dot_knowledge__pb2.DeleteRequest.SerializeToString,
@@ -90,6 +95,13 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEntries(self, request, context):
+        """Lists the tenant's entries a page at a time, in a stable order (by the index's point id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Delete(self, request, context):
         """Removes one entry and its stored video.
         """
@@ -121,6 +133,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=kdcvg_dot_v1_dot_knowledge__pb2.GetRequest.FromString,
                     response_serializer=kdcvg_dot_v1_dot_knowledge__pb2.GetResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesRequest.FromString,
+                    response_serializer=kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesResponse.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
@@ -216,6 +233,33 @@ class KnowledgeService:
             '/kdcvg.v1.KnowledgeService/Get',
             kdcvg_dot_v1_dot_knowledge__pb2.GetRequest.SerializeToString,
             kdcvg_dot_v1_dot_knowledge__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kdcvg.v1.KnowledgeService/ListEntries',
+            kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesRequest.SerializeToString,
+            kdcvg_dot_v1_dot_knowledge__pb2.ListEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
