@@ -308,3 +308,37 @@ async def test_bad_distil_requests(stubs, fields, code, fragment):
 async def test_priors_need_an_api_key(stubs):
     pstub, _, _ = stubs
     await expect_status(pstub.ListPriors(prior_pb2.ListPriorsRequest()), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_loads_racing_generation_never_change_its_result(stubs, prior_server):
+    """A thread keeps loading other priors into the (two) device slots while a FULL generation samples:
+    every step still sees exactly its own LoRA, so the video equals the one made without the churn."""
+    import threading
+
+    _, kstub, gstub = stubs
+    cache = prior_server.generation.priors
+    entry_id = await add_entry(kstub)
+    fake_prior(prior_server, "alpha", entry_id, seed=9)
+    for i in range(4):
+        fake_prior(prior_server, "alpha", f"churn{i}", seed=20 + i)
+    req = request(mode=generation_pb2.KNOWLEDGE_MODE_FULL, steps=12)
+    quiet = await collect(gstub.Generate(req, metadata=auth()))
+    stop = threading.Event()
+    loads = 0
+
+    def churn() -> None:
+        nonlocal loads
+        while not stop.is_set():
+            cache.load("alpha", f"churn{loads % 4}")
+            loads += 1
+
+    installs = cache.slots.installs
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        busy = await collect(gstub.Generate(req, metadata=auth()))
+    finally:
+        stop.set()
+        worker.join()
+    assert loads > 4 and cache.slots.installs - installs > 4  # the slots really were rewritten meanwhile
+    assert busy[-1].summary.sha256 == quiet[-1].summary.sha256
