@@ -97,7 +97,7 @@ async def generate_all(
                 video = await client.generate_video(
                     f"{spec.color} {spec.product}",
                     points,
-                    category=spec.category,
+                    category=0,  # no category filter: the knowledge base holds only a few references
                     options={
                         "steps": steps,
                         "knowledge_mode": "full" if mode == "full-random" else mode,
@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--held-refs", type=int, default=2, help="references per held-out motion")
     parser.add_argument("--trained-refs", type=int, default=1, help="references per trained motion")
     parser.add_argument("--distil-steps", type=int, default=400)
-    parser.add_argument("--loss", default="paper", help="motion loss of the distillation (KDCVG_PRIOR_LOSS)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--loss", default="code", help="motion loss of the distillation (KDCVG_PRIOR_LOSS)")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--scale", type=float, default=1.0, help="prior_scale of the full modes")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -74,8 +74,10 @@ class Settings(BaseSettings):
     prior_host_cache_mb: int = Field(256, description="host-memory LRU of loaded LoRAs, in MiB")
     prior_rank: int = Field(128, description="default LoRA rank of DistillPrior (capped at the layer width)")
     prior_steps: int = Field(400, description="default Adam steps of DistillPrior")
-    prior_learning_rate: float = Field(1e-3, description="default learning rate of DistillPrior")
-    prior_loss: Literal["paper", "code", "x0"] = Field("paper", description="motion loss of DistillPrior")
+    prior_learning_rate: float = Field(3e-3, description="default learning rate of DistillPrior")
+    prior_loss: Literal["paper", "code", "x0"] = Field(
+        "code", description="motion loss of DistillPrior (see bench/RESULTS.md for why code)"
+    )
     max_distillations: int = Field(1, description="DistillPrior calls running at once; beyond it RESOURCE_EXHAUSTED")
 
     # Limits on requests

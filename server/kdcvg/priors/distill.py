@@ -33,7 +33,7 @@ from kdcvg.media.keyframes import product_boxes, select_keyframes
 from kdcvg.models import rectified_flow as rf
 from kdcvg.priors.lora import LoRAWeights, attach, max_rank, use_lora
 
-LOSSES = ("paper", "code", "x0", "x0+flow")
+LOSSES = ("paper", "code", "x0")
 
 
 class DistillCancelled(Exception):
@@ -44,8 +44,8 @@ class DistillCancelled(Exception):
 class DistillConfig:
     rank: int = 128
     steps: int = 400
-    learning_rate: float = 1e-3
-    loss: str = "paper"
+    learning_rate: float = 3e-3
+    loss: str = "code"
     timesteps_per_step: int = 2
     seed: int = 0
 
@@ -131,11 +131,9 @@ def distill(
         xt = rf.add_noise(x0, noise, t)
         with torch.enable_grad(), use_lora(lora.as_batch(k)):
             v = dit(xt, t, y, m)
-            if cfg.loss.startswith("x0"):  # residuals of the clean-latent prediction x0 = x_t - t v
+            if cfg.loss == "x0":  # residuals of the clean-latent prediction x0 = x_t - t v
                 tt = t.view(-1, 1, 1, 1, 1)
                 loss = motion_loss(xt - tt * v, x0, "paper")
-                if cfg.loss == "x0+flow":
-                    loss = loss + F.mse_loss(v.float(), rf.velocity_target(x0, noise))
             else:
                 loss = motion_loss(v, rf.velocity_target(x0, noise), cfg.loss)
         opt.zero_grad(set_to_none=True)
