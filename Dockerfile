@@ -10,7 +10,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY clients ./clients
-RUN pip install .
+RUN pip install . && pip install --no-deps rapidocr-onnxruntime==1.4.4
 
 # Export and quantise the text encoder at build time so the container starts without doing it.
 RUN python -c "from pathlib import Path; from kdcvg.text.encoder import TextEncoder; TextEncoder.load(Path('/opt/kdcvg/models'))"

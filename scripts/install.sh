@@ -13,5 +13,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # The CPU build of torch first: a looser pin would pull GBs of CUDA wheels.
   python -m pip install -q torch==2.13.0
   python -m pip install -q -e ".[dev]"
+  # PP-OCR for TSScore; --no-deps keeps the GUI opencv-python out (its other deps are in pyproject.toml).
+  python -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
   touch "$stamp"
 fi

@@ -11,6 +11,11 @@ import grpc
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Kernel tests run the Triton kernels on CPU through the interpreter. Triton reads this when it is
+# imported, and the model imports it, so it is set here, before any test module loads. On CPU the server
+# never launches a Triton kernel (its dispatch takes the PyTorch references), so other tests are unaffected.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Exported ONNX models are cached across runs (gitignored); the export itself is tested in test_text_encoder.

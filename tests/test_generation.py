@@ -91,6 +91,20 @@ async def test_generate_streams_progress_video_and_summary(stub):
     assert again[-1].summary.sha256 == summary.sha256
 
 
+async def test_generate_attaches_scores_before_the_summary(stub, gen_server):
+    events = await collect(stub.Generate(request(steps=3, score=True), metadata=auth()))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-2:] == ["scores", "summary"]
+    scores = events[-2].scores
+    assert scores.frames == 16
+    names = {m.name for m in scores.metrics}
+    assert {"motionx", "reward"} <= names
+    assert all(0.0 <= m.value <= 1.0 for m in scores.metrics)
+    assert "product" in {u.name for u in scores.unavailable}
+    assert "score" in events[-1].summary.stage_millis
+    assert gen_server.scorer.sessions == 0
+
+
 async def test_semantic_mode_names_its_reference(stub, gen_server):
     from test_knowledge_service import clip, ingest
 
@@ -181,7 +195,6 @@ async def test_deadline_that_cannot_be_met_is_refused_early(stub, gen_server):
         ({"knowledge_mode": generation_pb2.KNOWLEDGE_MODE_FULL}, grpc.StatusCode.FAILED_PRECONDITION, "knowledge mode"),
         ({"prior_scale": 9.0}, grpc.StatusCode.INVALID_ARGUMENT, "prior_scale"),
         ({"knowledge_mode": 9}, grpc.StatusCode.INVALID_ARGUMENT, "knowledge mode"),
-        ({"score": True}, grpc.StatusCode.UNIMPLEMENTED, "scoring"),
         ({"category": 77}, grpc.StatusCode.INVALID_ARGUMENT, "unknown category"),
     ],
 )

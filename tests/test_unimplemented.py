@@ -11,8 +11,6 @@ from kdcvg.v1 import (
     generation_pb2_grpc,
     prior_pb2,
     prior_pb2_grpc,
-    scoring_pb2,
-    scoring_pb2_grpc,
 )
 
 
@@ -25,12 +23,9 @@ async def _status(call) -> grpc.aio.AioRpcError:
 
 async def test_unlanded_rpcs_say_unimplemented(channel):
     gen = generation_pb2_grpc.GenerationServiceStub(channel)
-    score = scoring_pb2_grpc.ScoringServiceStub(channel)
     prior = prior_pb2_grpc.PriorServiceStub(channel)
     calls = {
         "Generate": lambda md: gen.Generate(generation_pb2.GenerateRequest(product="x"), metadata=md),
-        "Score": lambda md: score.Score(scoring_pb2.ScoreRequest(), metadata=md),
-        "ScoreStream": lambda md: score.ScoreStream(iter([scoring_pb2.ScoreStreamRequest()]), metadata=md),
         "ListPriors": lambda md: prior.ListPriors(prior_pb2.ListPriorsRequest(), metadata=md),
         "LoadPrior": lambda md: prior.LoadPrior(prior_pb2.LoadPriorRequest(id="x"), metadata=md),
         "UnloadPrior": lambda md: prior.UnloadPrior(prior_pb2.UnloadPriorRequest(id="x"), metadata=md),

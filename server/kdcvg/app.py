@@ -21,12 +21,14 @@ from kdcvg.knowledge.blobs import BlobStore
 from kdcvg.knowledge.events import EventLog
 from kdcvg.knowledge.index import HnswParams, open_index
 from kdcvg.metrics import ServerMetrics
+from kdcvg.scoring.crscore import CRScoreClient, CRScoreConfig
+from kdcvg.scoring.engine import Scorer
 from kdcvg.services.generation import GenerationServicer
 from kdcvg.services.knowledge import KnowledgeServicer
 from kdcvg.services.priors import PriorServicer
+from kdcvg.services.scoring import ScoringServicer
 from kdcvg.services.unimplemented import GenerationServicer as UnimplementedGeneration
 from kdcvg.services.unimplemented import PriorServicer as UnimplementedPriors
-from kdcvg.services.unimplemented import ScoringServicer
 from kdcvg.text.atomizer import Atomizer
 from kdcvg.text.batcher import MicroBatcher
 from kdcvg.text.encoder import TextEncoder
@@ -121,6 +123,8 @@ def build_generation(settings: Settings, kb: KnowledgeBase) -> GenerationPipelin
 
 def assemble_generation(settings: Settings, kb: KnowledgeBase, model, encoder: TextEncoder) -> GenerationPipeline:  # noqa: ANN001
     """Wires a loaded model into the sampler, the motion-prior cache and the distiller. Blocking."""
+    import torch
+
     from kdcvg.generation.sampler import BatchedSampler
     from kdcvg.priors.cache import PriorCache
     from kdcvg.priors.distill import DistillConfig
@@ -129,6 +133,10 @@ def assemble_generation(settings: Settings, kb: KnowledgeBase, model, encoder: T
 
     model.requires_grad_(False)  # distillation trains LoRAs only; the base weights never take gradients
     attach(model.dit)
+    if torch.device(model.device).type == "cuda":
+        from kdcvg.kernels.lora import install
+
+        install()  # the SGMV Triton kernels for the per-row LoRA update; CPU keeps the PyTorch reference
     priors = PriorCache(
         settings.data_dir / "priors",
         model.dit,
@@ -160,6 +168,31 @@ def assemble_generation(settings: Settings, kb: KnowledgeBase, model, encoder: T
     return pipeline
 
 
+def build_scorer(settings: Settings, encoder: TextEncoder | None) -> Scorer:
+    """The scoring engine; its OCR and reward model load on first use."""
+    crscore = None
+    if settings.crscore_url:
+        crscore = CRScoreClient(
+            CRScoreConfig(
+                url=settings.crscore_url,
+                model=settings.crscore_model,
+                api_key=settings.crscore_api_key,
+                timeout_s=settings.crscore_timeout_s,
+                runs=settings.crscore_runs,
+                frames=settings.crscore_frames,
+            )
+        )
+    return Scorer(
+        encode_text=encoder.encode if encoder is not None else None,
+        reward_model_dir=settings.reward_model_dir,
+        crscore=crscore,
+        threads=settings.scoring_threads,
+        max_frames=settings.max_video_frames,
+        max_pixels=settings.max_video_pixels,
+        max_sessions=settings.max_scorings,
+    )
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -169,6 +202,7 @@ class RunningServer:
     kb: KnowledgeBase
     metrics: ServerMetrics
     generation: GenerationPipeline | None = None
+    scorer: Scorer | None = None
 
     async def stop(self, grace: float) -> None:
         """Stops taking calls, lets in-flight calls finish within `grace` seconds, then closes storage."""
@@ -176,6 +210,8 @@ class RunningServer:
         await self.server.stop(grace)
         if self.generation is not None:
             await self.generation.sampler.close()
+        if self.scorer is not None:
+            await self.scorer.close()
         await self.kb.batcher.close()
         self.kb.close()
         self.metrics.stop_http()
@@ -214,7 +250,12 @@ async def start(
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(
         GenerationServicer(generation) if generation is not None else UnimplementedGeneration(), server
     )
-    scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(), server)
+    scorer = build_scorer(settings, generation.text_encoder if generation is not None else kb.encoder)
+    if generation is not None:
+        generation.scorer = scorer
+    scoring_pb2_grpc.add_ScoringServiceServicer_to_server(
+        ScoringServicer(scorer, max_video_bytes=settings.max_video_bytes), server
+    )
     distiller = getattr(generation, "distiller", None)
     prior_pb2_grpc.add_PriorServiceServicer_to_server(
         PriorServicer(generation.priors, distiller)
@@ -233,6 +274,7 @@ async def start(
         generation.sampler if generation is not None else None,
         generation.priors if generation is not None else None,
         distiller,
+        scorer,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
@@ -250,7 +292,7 @@ async def start(
             "entries": kb.count(),
         },
     )
-    return RunningServer(server, port, metrics_port, health_servicer, kb, metrics, generation)
+    return RunningServer(server, port, metrics_port, health_servicer, kb, metrics, generation, scorer)
 
 
 async def serve(settings: Settings) -> None:

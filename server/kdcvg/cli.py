@@ -437,6 +437,81 @@ def prior_distill_all(
         raise typer.Exit(1)
 
 
+def _summary_rows(summary) -> tuple[list, list]:  # noqa: ANN001
+    metrics = [(m.name, m.value, dict(m.components)) for m in summary.metrics]
+    return metrics, [(u.name, u.reason) for u in summary.unavailable]
+
+
+def print_scores(summary, title: str = "scores") -> None:  # noqa: ANN001
+    """A table of a ScoreSummary: each metric, its components, and what could not be computed."""
+    table = Table(title=f"{title} ({summary.frames} frames)")
+    for col in ("metric", "value", "components"):
+        table.add_column(col)
+    for m in summary.metrics:
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in sorted(m.components.items()))
+        table.add_row(m.name, f"{m.value:.3f}", parts)
+    for u in summary.unavailable:
+        table.add_row(u.name, "[yellow]n/a[/]", u.reason)
+    console.print(table)
+
+
+def write_score_sheet(frames, summary, path: Path, caption: str = "") -> Path:  # noqa: ANN001
+    """A PNG with the clip's contact sheet above a score card."""
+    import numpy as np
+
+    from kdcvg.media.contact_sheet import contact_sheet, write_png
+    from kdcvg.media.score_card import score_card
+
+    sheet = contact_sheet(frames, columns=8, scale=3, captions=[caption] if caption else None)
+    card = score_card(*_summary_rows(summary), width=sheet.shape[1])
+    return write_png(np.concatenate([sheet, card]), path)
+
+
+@app.command()
+def score(
+    video: Annotated[Path, typer.Argument(help="the video file to score (MP4, MOV, WebM, AVI)", exists=True)],
+    prompt: Annotated[str, typer.Option(help="product and selling points the video should show")] = "",
+    product_image: Annotated[
+        Path | None, typer.Option(help="PNG or JPEG of the product, for ProductScore", exists=True)
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="a metric to compute (repeat); default all")] = None,
+    png: Annotated[Path | None, typer.Option(help="write the frames and a score card to this PNG")] = None,
+    target: Target = "localhost:50051",
+    api_key: ApiKey = "kdcvg-dev-key",
+) -> None:
+    """Scores a video over ScoreStream: frames are decoded here and streamed, partial scores print as they come."""
+    from kdcvg.media.video import VideoDecodeError, decode_video
+
+    try:
+        decoded = decode_video(video.read_bytes())
+    except VideoDecodeError as exc:
+        console.print(f"[red]error[/]: {video}: {exc}")
+        raise typer.Exit(1) from None
+    summary = None
+    t0 = time.perf_counter()
+    with _client(target, api_key) as client:
+        stream = client.score_frames(
+            iter(decoded.frames),
+            metrics=metric or (),
+            prompt=prompt,
+            product_image=product_image,
+            fps=decoded.fps or 0.0,
+        )
+        for event in stream:
+            ms = (time.perf_counter() - t0) * 1000
+            if event.HasField("partial"):
+                p = event.partial
+                console.print(f"[dim]{ms:7.0f} ms[/]  partial {p.name:<8} {p.value:.3f}  ({p.frames} frames)")
+            else:
+                summary = event.summary
+    if summary is None:
+        console.print("[red]error[/]: the stream ended without a summary")
+        raise typer.Exit(1)
+    print_scores(summary, str(video))
+    if png is not None:
+        console.print(f"score sheet: {write_score_sheet(decoded.frames, summary, png, prompt)}")
+
+
 @contextlib.contextmanager
 def background_server(settings, kb=None, generation: bool = True) -> Iterator:  # noqa: ANN001
     """Runs the server on its own event loop in a thread, for commands that also act as a client."""
@@ -478,6 +553,7 @@ def demo(
     """The main job on the embedded default: serve, ingest the sample knowledge base, retrieve, generate."""
     from kdcvg import logs
     from kdcvg.config import Settings
+    from kdcvg.media.video import decode_video
 
     settings = Settings(data_dir=data_dir, port=0, metrics_port=0, log_format="text", log_level="WARNING")
     logs.configure(settings.log_level, settings.log_format)
@@ -513,10 +589,15 @@ def demo(
                     product,
                     points,
                     category="food_beverages",
-                    options={"steps": steps, "knowledge_mode": "semantic", "seed": 1},
+                    options={"steps": steps, "knowledge_mode": "semantic", "seed": 1, "score": True},
                     on_event=on_event,
                 )
             mp4, png = save_generation(video, out_dir, "demo")
+            if video.scores is not None:
+                print_scores(video.scores, "scores of the generated video")
+                frames = decode_video(video.mp4).frames
+                sheet = write_score_sheet(frames, video.scores, out_dir / "demo-scores.png", " / ".join(points))
+                console.print(f"score sheet: {sheet}")
             millis = dict(video.summary.stage_millis)
             timings = ", ".join(f"{k} {v:.0f} ms" for k, v in millis.items())
             console.print(f"video: {mp4}\ncontact sheet: {png}\nseed {video.summary.seed}; {timings}")

@@ -80,6 +80,19 @@ class Settings(BaseSettings):
     )
     max_distillations: int = Field(1, description="DistillPrior calls running at once; beyond it RESOURCE_EXHAUSTED")
 
+    # Scoring
+    scoring_threads: int = Field(2, description="worker threads of ScoringService (off the event loop)")
+    max_scorings: int = Field(16, description="scoring streams in flight; beyond it RESOURCE_EXHAUSTED")
+    reward_model_dir: Path | None = Field(None, description="reward model directory; default the bundled one")
+    crscore_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (e.g. http://vllm:8000/v1) of the CRScore judge; unset = off"
+    )
+    crscore_model: str = Field("gpt-4o", description="model name sent to the CRScore endpoint")
+    crscore_api_key: str | None = None
+    crscore_timeout_s: float = 60.0
+    crscore_runs: int = Field(3, description="N of CRScore: repeated judgements averaged (paper: 3)")
+    crscore_frames: int = Field(8, description="frames shown to the CRScore judge (paper: 8)")
+
     # Limits on requests
     max_video_bytes: int = 48 * MiB
     # Decoded frames are held in memory: 256 frames of 1280x720 RGB are 700 MB at most.

@@ -84,6 +84,14 @@ class ServerMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.scoring_sessions = Gauge(
+            "kdcvg_scoring_sessions",
+            "videos being scored now (ScoreStream, Score, Generate scores)",
+            registry=self.registry,
+        )
+        self.scoring_partials = Gauge(
+            "kdcvg_scoring_partials", "partial scores sent on ScoreStream since start", registry=self.registry
+        )
 
     def watch(
         self,
@@ -91,6 +99,7 @@ class ServerMetrics:
         sampler: object | None = None,
         priors: object | None = None,
         distiller: object | None = None,
+        scorer: object | None = None,
     ) -> None:
         """Reads the batcher's, sampler's, prior cache's and distiller's own counters at scrape time."""
         if batcher is not None:
@@ -110,6 +119,9 @@ class ServerMetrics:
             self.distillations.labels("running").set_function(lambda: distiller.running)
             self.distillations.labels("completed").set_function(lambda: distiller.completed)
             self.distillations.labels("cancelled").set_function(lambda: distiller.cancelled)
+        if scorer is not None:
+            self.scoring_sessions.set_function(lambda: scorer.sessions)
+            self.scoring_partials.set_function(lambda: scorer.partials_sent)
 
     def serve_http(self, port: int, host: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint; returns the bound port."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +164,65 @@ def score_request(
     fps: float,
 ) -> scoring_pb2.ScoreRequest:
     return scoring_pb2.ScoreRequest(
-        options=scoring_pb2.ScoreOptions(
-            metrics=list(metrics), prompt=prompt, product_image=_read_bytes(product_image), fps=fps
-        ),
+        options=score_options(metrics=metrics, prompt=prompt, product_image=product_image, fps=fps),
         video=_read_bytes(video),
     )
+
+
+STREAM_CHUNK_BYTES = 256 << 10
+
+
+def score_options(
+    *, metrics: Sequence[str], prompt: str, product_image: ImageLike | None, fps: float
+) -> scoring_pb2.ScoreOptions:
+    return scoring_pb2.ScoreOptions(
+        metrics=list(metrics), prompt=prompt, product_image=_read_bytes(product_image), fps=fps
+    )
+
+
+def check_frame(frame: Any) -> tuple[int, ...]:
+    shape = getattr(frame, "shape", None)
+    if shape is None or len(shape) != 3 or shape[2] != 3 or str(getattr(frame, "dtype", "")) != "uint8":
+        raise ValueError(f"each frame must be an RGB uint8 array of shape (H, W, 3), got {shape}")
+    return tuple(shape)
+
+
+def score_stream_requests(
+    frames: Iterable[Any] | bytes | Path,
+    *,
+    metrics: Sequence[str] = (),
+    prompt: str = "",
+    product_image: ImageLike | None = None,
+    fps: float = 0.0,
+) -> Iterator[scoring_pb2.ScoreStreamRequest]:
+    """The ScoreStream request messages: options, then one RawFrame per frame (RGB uint8 arrays of shape
+    (H, W, 3), e.g. numpy), or the chunks of an encoded video file when ``frames`` is bytes or a path.
+
+    A sequence (a list, a (T, H, W, 3) array) is checked here, before anything is sent; frames from an
+    iterator are checked as they are sent, where a bad one can only end the call."""
+    if not isinstance(frames, bytes | Path) and (isinstance(frames, Sequence) or hasattr(frames, "shape")):
+        for frame in frames:
+            check_frame(frame)
+    first = scoring_pb2.ScoreStreamRequest(
+        options=score_options(metrics=metrics, prompt=prompt, product_image=product_image, fps=fps)
+    )
+    return _score_stream_messages(first, frames)
+
+
+def _score_stream_messages(
+    first: scoring_pb2.ScoreStreamRequest, frames: Any
+) -> Iterator[scoring_pb2.ScoreStreamRequest]:
+    yield first
+    if isinstance(frames, bytes | Path):
+        data = frames if isinstance(frames, bytes) else frames.read_bytes()
+        for offset in range(0, len(data), STREAM_CHUNK_BYTES):
+            yield scoring_pb2.ScoreStreamRequest(chunk=data[offset : offset + STREAM_CHUNK_BYTES])
+        return
+    for frame in frames:
+        shape = check_frame(frame)
+        yield scoring_pb2.ScoreStreamRequest(
+            frame=scoring_pb2.RawFrame(width=int(shape[1]), height=int(shape[0]), rgb=frame.tobytes())
+        )
 
 
 def distill_request(

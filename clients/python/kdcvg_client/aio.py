@@ -385,6 +385,24 @@ class AsyncKdcvgClient:
             SCORING + "ScoreStream", self._scoring.ScoreStream, requests, self._timeout(timeout, long=True)
         )
 
+    def score_frames(
+        self,
+        frames: Iterable[Any] | bytes | Path,
+        *,
+        metrics: Sequence[str] = (),
+        prompt: str = "",
+        product_image: _requests.ImageLike | None = None,
+        fps: float = 0.0,
+        timeout: float | None = None,
+    ) -> AsyncServerStream[scoring_pb2.ScoreStreamResponse]:
+        """ScoreStream over RGB uint8 frames ``(H, W, 3)`` sent one by one as they are produced (any iterable,
+        e.g. a generator reading a camera or a decoder), or over an encoded video file (bytes or a path) sent
+        in chunks. Yields ``partial`` scores as they become available, then the ``summary``."""
+        requests = _requests.score_stream_requests(
+            frames, metrics=metrics, prompt=prompt, product_image=product_image, fps=fps
+        )
+        return self.score_stream(requests, timeout=timeout)
+
     # -- PriorService -------------------------------------------------------------------------------
 
     async def list_priors(

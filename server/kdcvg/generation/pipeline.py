@@ -17,7 +17,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from kdcvg.errors import FailedPrecondition, InvalidInput, NotFound
@@ -50,6 +52,12 @@ class GenerateParams:
     fps: int = 8
     prior_scale: float = 1.0
     reference_id: str = ""  # a pinned reference entry instead of retrieval
+    score: bool = False  # score the video (ScoringService metrics) and send a Scores event before the summary
+
+
+@dataclass
+class Scores:
+    summary: Any  # kdcvg.scoring.engine.Summary
 
 
 @dataclass
@@ -133,6 +141,7 @@ class GenerationPipeline:
         self.model = model
         self.sampler = sampler
         self.priors = priors
+        self.scorer: Any = None  # kdcvg.scoring.engine.Scorer, set by the app when scoring is served
         self.distiller = distiller
         self.max_steps = max_steps
         self.max_text_chars = max_text_chars
@@ -169,6 +178,8 @@ class GenerationPipeline:
             raise InvalidInput("reference_id needs a knowledge mode that uses references (SEMANTIC or FULL), not OFF")
         if p.mode == "full" and self.priors is None:
             raise FailedPrecondition("this server has no motion-prior cache configured; use knowledge mode SEMANTIC")
+        if p.score and self.scorer is None:
+            raise FailedPrecondition("this server has no scoring engine; leave options.score false")
         return GenerateParams(
             p.product.strip(),
             points,
@@ -181,6 +192,7 @@ class GenerationPipeline:
             fps,
             scale,
             p.reference_id.strip().lower(),
+            p.score,
         )
 
     def estimate_seconds(self, p: GenerateParams) -> float:
@@ -251,6 +263,10 @@ class GenerationPipeline:
         for offset in range(0, len(video), CHUNK_BYTES):
             data = video[offset : offset + CHUNK_BYTES]
             yield VideoChunk(data, offset, offset + len(data) >= len(video))
+        if p.score:
+            t5 = time.perf_counter()
+            yield Scores(await self.score(frames, p))
+            stages["score"] = (time.perf_counter() - t5) * 1000
         stages["total"] = (time.perf_counter() - t0) * 1000
         yield Summary(
             seed=p.seed,
@@ -261,6 +277,15 @@ class GenerationPipeline:
             sha256=hashlib.sha256(video).hexdigest(),
             stage_millis=stages,
         )
+
+    async def score(self, frames: np.ndarray, p: GenerateParams):  # noqa: ANN201 - engine.Summary
+        """The ScoringService metrics of a generated clip, prompted with its product and selling points."""
+        from kdcvg.scoring.engine import ScoreOptions
+
+        if self.scorer is None:
+            raise FailedPrecondition("this server has no scoring engine; leave options.score false")
+        prompt = f"{p.product}: " + "; ".join(p.selling_points)  # the request text the reward model saw
+        return await self.scorer.score_frames(frames, ScoreOptions(prompt=prompt, fps=float(p.fps)))
 
     async def _pinned(self, tenant: str, entry_id: str) -> SearchResult:
         entry = await asyncio.to_thread(self.kb.get, tenant, entry_id)

@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcvg.kernels import attention as attention_kernel
+from kdcvg.kernels.adaln import gated_residual, layernorm_modulate, modulate
+
 
 @dataclass
 class STDiTConfig:
@@ -75,10 +78,6 @@ class STDiTConfig:
 
 
 # --- building blocks ----------------------------------------------------------------------------------
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -149,6 +148,17 @@ class SelfAttention(nn.Module):
         q = self.q(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        if attention_kernel.triton_ok(q, k, v):  # CUDA: one kernel, RMSNorm and RoPE fused into its prologue
+            out = attention_kernel.attention_triton(
+                q,
+                k,
+                v,
+                q_norm_weight=self.q_norm.weight,
+                k_norm_weight=self.k_norm.weight,
+                eps=self.q_norm.eps or 1e-6,
+                rope_inv_freq=self.rope.inv_freq if self.rope is not None else None,
+            )
+            return self.proj(out.transpose(1, 2).reshape(b, n, d))
         q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(q), self.rope(k)
@@ -206,16 +216,17 @@ class STDiTBlock(nn.Module):
         mods = (self.scale_shift_table + mod).unsqueeze(3)  # (B, T|1, 6, 1, d)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.unbind(2)
 
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        # On CUDA the Triton kernels of kdcvg.kernels run these; elsewhere their PyTorch references.
+        h = layernorm_modulate(x, shift_msa, scale_msa, self.norm1.eps)
         if self.temporal:
             h = h.transpose(1, 2).reshape(b * s, t, d)
             h = self.attn(h).reshape(b, s, t, d).transpose(1, 2)
         else:
             h = self.attn(h.reshape(b * t, s, d)).reshape(b, t, s, d)
-        x = x + gate_msa * h
+        x = gated_residual(x, gate_msa, h)
         x = x + self.cross_attn(x.reshape(b, t * s, d), y, y_mask).reshape(b, t, s, d)
-        h = modulate(self.norm2(x), shift_mlp, scale_mlp)
-        return x + gate_mlp * self.mlp(h)
+        h = layernorm_modulate(x, shift_mlp, scale_mlp, self.norm2.eps)
+        return gated_residual(x, gate_mlp, self.mlp(h))
 
 
 class FinalLayer(nn.Module):

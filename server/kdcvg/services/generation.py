@@ -12,12 +12,14 @@ from kdcvg.generation.pipeline import (
     GenerationPipeline,
     Progress,
     ReferencesChosen,
+    Scores,
     Summary,
     VideoChunk,
 )
 from kdcvg.interceptors import current_tenant
 from kdcvg.services.errors import grpc_errors
 from kdcvg.services.knowledge import category_name, score_parts_to_proto
+from kdcvg.services.scoring import summary_to_proto
 from kdcvg.v1 import generation_pb2, generation_pb2_grpc
 
 MODES = {
@@ -39,11 +41,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         o = request.options
         if o.knowledge_mode not in MODES:
             raise InvalidInput(f"unknown knowledge mode {o.knowledge_mode}")
-        if o.score:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "options.score is not available yet: scoring lands with ScoringService; leave it false",
-            )
         if request.product_image:
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED,
@@ -64,6 +61,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                 fps=o.fps,
                 prior_scale=o.prior_scale,
                 reference_id=request.reference_id,
+                score=o.score,
             )
         )
         remaining = context.time_remaining()
@@ -100,6 +98,8 @@ def to_proto(event: object) -> generation_pb2.GenerateResponse:
                 data=event.data, offset=event.offset, last=event.last, mime_type="video/mp4"
             )
         )
+    if isinstance(event, Scores):
+        return generation_pb2.GenerateResponse(scores=summary_to_proto(event.summary))
     if isinstance(event, Summary):
         return generation_pb2.GenerateResponse(
             summary=generation_pb2.GenerateSummary(

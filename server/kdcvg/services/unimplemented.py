@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from kdcvg.v1 import generation_pb2_grpc, prior_pb2_grpc, scoring_pb2_grpc
+from kdcvg.v1 import generation_pb2_grpc, prior_pb2_grpc
 
 
 async def _unimplemented(context: grpc.aio.ServicerContext, rpc: str, capability: str) -> None:
@@ -20,15 +20,6 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
     async def Generate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await _unimplemented(context, "GenerationService.Generate", "the embedded video model")
         yield  # pragma: no cover - makes this an async generator, as a server stream must be
-
-
-class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
-    async def ScoreStream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await _unimplemented(context, "ScoringService.ScoreStream", "streaming scoring")
-        yield  # pragma: no cover
-
-    async def Score(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await _unimplemented(context, "ScoringService.Score", "streaming scoring")
 
 
 class PriorServicer(prior_pb2_grpc.PriorServiceServicer):

@@ -1,0 +1,1 @@
+"""Triton kernels of the DiT sampler, each beside its PyTorch reference."""
