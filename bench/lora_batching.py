@@ -121,7 +121,7 @@ def main() -> None:
     print("\n| how the 8 requests run | seconds | clips/s | vs 8 distinct LoRAs batched |")
     print("| --- | --- | --- | --- |")
     labels = {
-        "distinct": "one batch, 8 different LoRAs (per-row BGMV)",
+        "distinct": "one batch, 8 different LoRAs (rows grouped by LoRA)",
         "one": "one batch, the same LoRA for all",
         "none": "one batch, no LoRA",
         "merged": "one after another, LoRA merged into the weights",
