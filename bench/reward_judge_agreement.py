@@ -2,12 +2,12 @@
 
 The embedded video model generates one clip per prompt (knowledge mode off, every trained motion). For
 each clip the judge names a motion, and the reward model names the motion whose text it scores highest
-("a red bottle that spins around", one text per motion). Reported:
+(the creative's caption re-described with each motion: one text per motion). Reported:
 
 - label agreement: reward's motion == judge's motion, on generated clips (chance 1/10), and on
   ground-truth procedural clips of the same prompts, where both can be checked against the true motion;
-- whether the reward of (clip, its own prompt) separates the clips the judge says show the prompted
-  motion from those it says do not (AUC; 0.5 = no signal).
+- pairwise: for the motion the judge names, how often the reward scores that motion's caption above each
+  other motion's caption of the same product (0.5 = no signal).
 
     python bench/reward_judge_agreement.py [--prompts 42] [--steps 30]
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import sys
@@ -37,26 +38,6 @@ from kdcvg.media.video import decode_video  # noqa: E402
 from kdcvg.scoring.reward import load_reward_model  # noqa: E402
 from kdcvg.text.encoder import TextEncoder  # noqa: E402
 from kdcvg_client import AsyncKdcvgClient  # noqa: E402
-
-PHRASES = {
-    "rotate": "spins around",
-    "zoom_in": "zooms in",
-    "zoom_out": "zooms out",
-    "slide_left": "slides to the left",
-    "slide_right": "slides to the right",
-    "bounce": "bounces",
-    "float": "floats gently",
-    "shake": "shakes",
-    "orbit": "circles around",
-    "pulse": "pulses",
-}
-
-
-def auc(pos: list[float], neg: list[float]) -> float:
-    if not pos or not neg:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 async def generate(port: int, items: list, steps: int, concurrency: int) -> list[np.ndarray]:
@@ -95,35 +76,36 @@ def main() -> None:
     model = load_reward_model()
     truth = [render(spec) for spec, _ in items]
 
-    def reward_label(frames: np.ndarray, spec, points: list[str]) -> tuple[str, float]:  # noqa: ANN001
-        """The motion whose text the reward model scores highest, and the reward of the clip's own prompt."""
-        texts = [f"a {spec.color} {spec.product} that {PHRASES[m]}" for m in MOTIONS]
-        texts.append(f"{spec.color} {spec.product}: " + "; ".join(points))
+    def reward_view(frames: np.ndarray, spec) -> np.ndarray:  # noqa: ANN001
+        """Cosine of the clip with the caption of the same creative in each motion (the captions name it)."""
+        texts = [describe(dataclasses.replace(spec, motion=m))[0] for m in MOTIONS]
         with torch.inference_mode():
             video = F.normalize(model.video_embed(frames[None]), dim=-1)
             text = F.normalize(model.text_project(encoder.encode(texts)), dim=-1)
-            cos = (text @ video[0]).numpy()
-        return MOTIONS[int(np.argmax(cos[:-1]))], float(cos[-1])
+            return (text @ video[0]).numpy()
 
     rows = {"generated": generated, "ground truth": truth}
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {len(items)} prompts over {len(TRAINED)} trained "
         f"motions, {args.steps} sampler steps, knowledge mode off"
     )
-    print("| clips | judge = prompt | reward = prompt | reward = judge | AUC of reward(own prompt) vs judge |")
+    print("| clips | judge = prompt | reward = prompt | reward = judge | pairwise: reward prefers the judge's motion |")
     print("| --- | --- | --- | --- | --- |")
     for name, clips in rows.items():
-        judge_ok, reward_ok, agree, pos, neg = [], [], [], [], []
-        for (spec, points), frames in zip(items, clips, strict=True):
+        judge_ok, reward_ok, agree, pairwise = [], [], [], []
+        for (spec, _), frames in zip(items, clips, strict=True):
             j = judge_motion(frames).label
-            r, own = reward_label(frames, spec, points)
+            cos = reward_view(frames, spec)
+            r = MOTIONS[int(np.argmax(cos))]
             judge_ok.append(j == spec.motion)
             reward_ok.append(r == spec.motion)
             agree.append(r == j)
-            (pos if j == spec.motion else neg).append(own)
+            if j in MOTIONS:
+                ji = MOTIONS.index(j)
+                pairwise.extend(cos[ji] > cos[k] for k in range(len(MOTIONS)) if k != ji)
         print(
             f"| {name} | {np.mean(judge_ok):.2f} | {np.mean(reward_ok):.2f} | {np.mean(agree):.2f} | "
-            f"{auc(pos, neg):.2f} ({len(pos)} right / {len(neg)} wrong) |"
+            f"{np.mean(pairwise):.3f} |"
         )
 
 
