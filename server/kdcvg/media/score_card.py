@@ -34,7 +34,7 @@ def score_card(
         rows.append((name, f"{value:.3f}", value, True))
         for part, v in sorted(components.items()):
             drawn = 0.0 <= v <= 1.0
-            rows.append((f"  {part}", f"{v:.3f}" if drawn else f"{v:g}", v if drawn else None, False))
+            rows.append((f"  {part}", f"{v:.3f}" if drawn else f"{v:.3g}", v if drawn else None, False))
     for name, reason in unavailable:
         rows.append((name, "n/a", None, True))
         rows.append((f"  {reason}", "", None, False))
