@@ -20,3 +20,14 @@ def test_switch_is_scoped_and_per_thread() -> None:
         other.join()
     assert dispatch.enabled()
     assert seen == {"other": True}
+
+
+def test_settings_pick_the_process_default() -> None:
+    try:
+        dispatch.set_default(False)
+        assert not dispatch.enabled()
+        with dispatch.kernels(True):
+            assert dispatch.enabled()
+    finally:
+        dispatch.set_default(True)
+    assert dispatch.enabled()

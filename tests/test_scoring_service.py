@@ -358,3 +358,72 @@ async def test_scoring_runs_off_the_event_loop(scoring, channel):
     assert answered == 5 and not score.done()
     reply = await score
     assert reply.summary.metrics[0].name == "tsscore"
+
+
+def fragmented_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
+    """An MP4 that streams: its index comes first and a fragment every 4 frames (as live encoders write)."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4", options={"movflags": "frag_keyframe+empty_moov"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "18", "g": "4", "keyint_min": "4", "sc_threshold": "0"}
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+async def test_a_streamable_upload_is_scored_while_it_uploads(scoring, server):
+    frames = np.concatenate([clip(3, motion="rotate")] * 2)  # 32 frames
+    data = fragmented_mp4(frames)
+    first_partial = asyncio.Event()
+    held_back = []
+
+    async def requests():
+        yield options(metrics=["motionx"])
+        step = len(data) // 10
+        for i in range(0, len(data), step):
+            if i >= 7 * step and not held_back:  # the last 30% waits for a score of what came before
+                await asyncio.wait_for(first_partial.wait(), 30)
+                held_back.append(i)
+            yield scoring_pb2.ScoreStreamRequest(chunk=data[i : i + step])
+
+    events = []
+    async for event in scoring.ScoreStream(requests(), metadata=auth()):
+        events.append(event)
+        if event.HasField("partial"):
+            first_partial.set()
+    assert held_back, "the stream ended before the last chunks were sent"
+    partials = [e.partial for e in events if e.HasField("partial")]
+    assert partials and partials[0].frames < 32
+    summary = events[-1].summary
+    assert summary.frames == 32 and summary.metrics[0].frames == 32
+    assert server.scorer.sessions == 0
+
+
+async def test_cancelling_an_upload_stops_its_decoder(scoring, server):
+    data = fragmented_mp4(clip(2))
+    stop = asyncio.Event()
+
+    async def requests():
+        yield options(metrics=["motionx"])
+        yield scoring_pb2.ScoreStreamRequest(chunk=data[: len(data) // 2])
+        await stop.wait()
+
+    before = {t.name for t in threading.enumerate()}
+    call = scoring.ScoreStream(requests(), metadata=auth())
+    await asyncio.sleep(0.5)
+    assert any(t.name == "kdcvg-score-decode" for t in threading.enumerate())
+    call.cancel()
+    for _ in range(100):
+        if server.scorer.sessions == 0 and not any(t.name == "kdcvg-score-decode" for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.02)
+    assert server.scorer.sessions == 0
+    assert not any(t.name == "kdcvg-score-decode" for t in threading.enumerate()) or "kdcvg-score-decode" in before
+    stop.set()

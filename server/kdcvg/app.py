@@ -64,6 +64,7 @@ def build_knowledge_base(
         precision=settings.encoder_precision,
         providers=settings.encoder_providers,
         threads=settings.encoder_threads,
+        spin=settings.encoder_spin,
     )
     index = open_index(
         settings.index_backend,
@@ -117,6 +118,7 @@ def build_generation(settings: Settings, kb: KnowledgeBase) -> GenerationPipelin
             precision=settings.generation_encoder_precision,
             providers=settings.encoder_providers,
             threads=settings.encoder_threads,
+            spin=settings.encoder_spin,
         )
     return assemble_generation(settings, kb, model, encoder)
 
@@ -126,11 +128,13 @@ def assemble_generation(settings: Settings, kb: KnowledgeBase, model, encoder: T
     import torch
 
     from kdcvg.generation.sampler import BatchedSampler
+    from kdcvg.kernels import dispatch
     from kdcvg.priors.cache import PriorCache
     from kdcvg.priors.distill import DistillConfig
     from kdcvg.priors.jobs import Distiller
     from kdcvg.priors.lora import attach
 
+    dispatch.set_default(settings.kernels == "triton")
     model.requires_grad_(False)  # distillation trains LoRAs only; the base weights never take gradients
     attach(model.dit)
     if torch.device(model.device).type == "cuda":

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     encoder_precision: Literal["int8", "fp32"] = "int8"
     encoder_providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     encoder_threads: int | None = None
+    encoder_spin: bool = Field(True, description="let ONNX Runtime's idle threads spin (its default)")
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32
     batch_max_wait_ms: float = Field(
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     max_generations: int = Field(16, description="generations in flight; beyond it Generate is RESOURCE_EXHAUSTED")
     sampler_max_rows: int = Field(16, description="rows of one sampler forward pass (2 per guided request)")
     torch_threads: int | None = None
+    kernels: Literal["triton", "torch"] = Field(
+        "triton", description="the sampler's Triton kernels on CUDA, or `torch` for its PyTorch references"
+    )
 
     # Motion priors (LoRAs)
     prior_device_slots: int = Field(8, description="LoRAs resident for the sampler at once (distinct per step)")

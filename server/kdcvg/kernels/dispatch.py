@@ -17,6 +17,12 @@ _state = threading.local()
 _DEFAULT = os.environ.get("KDCVG_KERNELS", "triton").strip().lower() != "torch"
 
 
+def set_default(on: bool) -> None:
+    """The process-wide default (Settings.kernels); `kernels()` still overrides it per thread."""
+    global _DEFAULT
+    _DEFAULT = on
+
+
 def enabled() -> bool:
     """True unless turned off for this thread (`kernels(False)`) or process (`KDCVG_KERNELS=torch`)."""
     return getattr(_state, "on", _DEFAULT)

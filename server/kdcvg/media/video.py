@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -57,15 +59,37 @@ def encode_mp4(frames: np.ndarray, fps: float = 8, *, crf: int = 18) -> bytes:
     return buf.getvalue()
 
 
-def decode_video(data: bytes, *, max_frames: int = 512, max_pixels: int = 4096 * 4096) -> DecodedVideo:
-    """Decode the first video stream of `data` to RGB frames; VideoDecodeError if it is unusable."""
-    if not data:
-        raise VideoDecodeError("the video is empty (0 bytes); send the whole file, e.g. an H.264 MP4")
+@dataclass
+class StreamInfo:
+    """What the container says about its first video stream, known once it is open."""
+
+    fps: float  # 0.0 when the container does not say
+    codec: str
+    declared_frames: int  # 0 when unknown
+
+
+def iter_frames(
+    source: BinaryIO,
+    *,
+    size_hint: int | None = None,
+    max_frames: int = 512,
+    max_pixels: int = 4096 * 4096,
+    on_open: Callable[[StreamInfo], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode the first video stream of a file-like `source` to RGB frames, one at a time, as its bytes
+    arrive (a source whose reads block until more data comes streams: frames come out while it is still
+    being written, for containers that do not keep their index at the end). VideoDecodeError if unusable;
+    `on_open` receives the stream's StreamInfo before the first frame."""
+    described = f"({size_hint} bytes)" if size_hint is not None else "(a stream)"
     try:
-        container = av.open(io.BytesIO(data), mode="r", options={"format_whitelist": CONTAINERS})
+        options = {"format_whitelist": CONTAINERS}
+        if not source.seekable():
+            # Opening probes ~20 frames to estimate the frame rate; a live upload would wait for them all.
+            options["fpsprobesize"] = "0"
+        container = av.open(source, mode="r", options=options)
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise VideoDecodeError(
-            f"could not read the bytes as a video container ({len(data)} bytes): the file is not a video, "
+            f"could not read the bytes as a video container {described}: the file is not a video, "
             "or it is cut short (an MP4 whose index comes last is unreadable until the end arrives); "
             "send a complete MP4, MOV, WebM/Matroska or AVI file"
         ) from exc
@@ -78,31 +102,43 @@ def decode_video(data: bytes, *, max_frames: int = 512, max_pixels: int = 4096 *
             raise VideoDecodeError(f"frames of {width}x{height} exceed the limit of {max_pixels} pixels; downscale")
         if stream.frames > max_frames:
             raise VideoDecodeError(f"the video has {stream.frames} frames, more than the limit of {max_frames}")
-        frames: list[np.ndarray] = []
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if on_open is not None:
+            on_open(StreamInfo(float(rate) if rate else 0.0, stream.codec_context.name, int(stream.frames or 0)))
+        count, shape = 0, None
         try:
             for frame in container.decode(stream):
                 if frame.width * frame.height > max_pixels:
                     raise VideoDecodeError(
                         f"frames of {frame.width}x{frame.height} exceed the limit of {max_pixels} pixels"
                     )
-                if len(frames) == max_frames:
+                if count == max_frames:
                     raise VideoDecodeError(f"the video has more than the limit of {max_frames} frames")
-                if frames and (frame.height, frame.width) != frames[0].shape[:2]:
+                if shape is not None and (frame.height, frame.width) != shape:
                     raise VideoDecodeError("the frame size changes mid-stream; re-encode at one size")
-                frames.append(frame.to_ndarray(format="rgb24"))
+                shape = (frame.height, frame.width)
+                count += 1
+                yield frame.to_ndarray(format="rgb24")
         except (av.FFmpegError, OSError) as exc:
             raise VideoDecodeError(
-                f"the video stream is corrupt or cut short after {len(frames)} frames; send the complete file"
+                f"the video stream is corrupt or cut short after {count} frames; send the complete file"
             ) from exc
-        if not frames:
+        if not count:
             raise VideoDecodeError("the video stream has no decodable frames")
-        if stream.frames and len(frames) < stream.frames:
+        if stream.frames and count < stream.frames:
             raise VideoDecodeError(
-                f"the video is cut short: {len(frames)} of {stream.frames} frames decoded; send the complete file"
+                f"the video is cut short: {count} of {stream.frames} frames decoded; send the complete file"
             )
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        return DecodedVideo(
-            frames=np.stack(frames),
-            fps=float(rate) if rate else 0.0,
-            codec=stream.codec_context.name,
+
+
+def decode_video(data: bytes, *, max_frames: int = 512, max_pixels: int = 4096 * 4096) -> DecodedVideo:
+    """Decode the first video stream of `data` to RGB frames; VideoDecodeError if it is unusable."""
+    if not data:
+        raise VideoDecodeError("the video is empty (0 bytes); send the whole file, e.g. an H.264 MP4")
+    info: list[StreamInfo] = []
+    frames = list(
+        iter_frames(
+            io.BytesIO(data), size_hint=len(data), max_frames=max_frames, max_pixels=max_pixels, on_open=info.append
         )
+    )
+    return DecodedVideo(frames=np.stack(frames), fps=info[0].fps, codec=info[0].codec)

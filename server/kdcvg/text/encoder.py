@@ -507,6 +507,7 @@ class TextEncoder:
         *,
         model_dir: Path | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        spin: bool = True,
     ) -> TextEncoder:
         """Export/quantise into cache_dir on first use, then open an ORT session on the cached graph.
 
@@ -524,6 +525,11 @@ class TextEncoder:
         options.inter_op_num_threads = 1
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not spin:
+            # ORT's idle workers spin by default. Turning it off gave no clear change in Search latency on
+            # the 2-core bench (p99 29.8 vs 31.6 ms at 100k, within run-to-run noise, 2026-11-22); it is a
+            # knob for hosts where the encoder shares few cores with other busy threads.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         dropped = [name for name in _names(requested) if name not in session.get_providers()]
         if dropped:  # ORT falls back silently when e.g. the CUDA libraries fail to load
