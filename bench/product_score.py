@@ -31,10 +31,10 @@ import time
 
 import cv2
 import numpy as np
+from judge_accuracy import degrade  # the same "looks generated" degradation as the judges' bench
 
 from kdcvg.data.creatives import COLORS, SHAPES, Background, CreativeSpec, render, sample_spec
 from kdcvg.judge import product_masks
-from kdcvg.media import decode_video, encode_mp4
 from kdcvg.scoring.product import ProductReference, product_score
 
 VARIANTS = ("unchanged", "recoloured", "reshaped", "squashed", "other")
@@ -94,24 +94,6 @@ def squashed(frames: np.ndarray, factor: float) -> np.ndarray:
         clean[y0:y1, nx0 : nx0 + width] = alpha[..., None] * crop + (1 - alpha[..., None]) * region
         out[t] = np.clip(clean + 0.5, 0, 255).astype(np.uint8)
     return out
-
-
-def degrade(frames: np.ndarray, seed: int, kind: str) -> np.ndarray:
-    """What a generated clip looks like, roughly: blur and noise; (h264) also sub-pixel jitter and a codec."""
-    if kind == "none":
-        return frames
-    rng = np.random.default_rng(seed)
-    out = []
-    for f in frames.astype(np.float32):
-        f = cv2.GaussianBlur(f, (0, 0), 1.0) + rng.normal(0, 5, f.shape) + rng.normal(0, 3)
-        if kind == "h264":
-            shift = np.float32([[1, 0, rng.normal(0, 0.3)], [0, 1, rng.normal(0, 0.3)]])
-            f = cv2.warpAffine(f, shift, (f.shape[1], f.shape[0]), borderMode=cv2.BORDER_REFLECT)
-        out.append(np.clip(f, 0, 255).astype(np.uint8))
-    clip = np.stack(out)
-    if kind == "h264":
-        clip = decode_video(encode_mp4(clip, crf=30)).frames
-    return clip
 
 
 def variants(spec: CreativeSpec, squash: float, kind: str = "none") -> dict[str, np.ndarray]:

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from kdcvg.data.creatives import MOTIONS
+from kdcvg.media.border import border_ring, plane_image
 
 STATIC = "static"
 LABELS: tuple[str, ...] = (*MOTIONS, STATIC)
@@ -147,12 +148,7 @@ def _background_model(frames: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32: a plane per channel fitted (robustly) to the border of the clip's median frame."""
     median = np.median(frames, axis=0).astype(np.float32)
     height, width, _ = median.shape
-    ring = max(1, round(0.03 * min(height, width)))
-    border = np.zeros((height, width), bool)
-    border[:ring] = border[-ring:] = True
-    border[:, :ring] = border[:, -ring:] = True
-    ys, xs = np.nonzero(border)
-    design = np.stack([xs / width, ys / height, np.ones(len(xs))], axis=1)
+    ys, xs, design = border_ring(height, width)
     values = median[ys, xs].astype(np.float64)
     keep = np.ones(len(ys), bool)
     coef = np.zeros((3, 3))
@@ -162,8 +158,7 @@ def _background_model(frames: np.ndarray) -> np.ndarray:
         if inliers.sum() < 0.25 * len(ys):
             break
         keep = inliers
-    gx, gy = np.meshgrid(np.arange(width) / width, np.arange(height) / height)
-    return (np.stack([gx, gy, np.ones_like(gx)], axis=-1) @ coef).astype(np.float32)
+    return plane_image(coef, height, width).astype(np.float32)
 
 
 def product_masks(frames: np.ndarray) -> np.ndarray:

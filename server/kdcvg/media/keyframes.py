@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from kdcvg.media.border import border_ring, plane_image
+
 _FG_THRESHOLD = 30  # max-channel distance from the background model that counts as foreground (levels)
 _CHANGE_THRESHOLD = 25  # per-pixel change between frames that counts as motion, above codec noise (levels)
 
@@ -20,12 +22,7 @@ def _background(frames: np.ndarray) -> np.ndarray:
     """A smooth background model: a plane per channel fitted to the border of the clip's median frame."""
     median = np.median(frames, axis=0).astype(np.float32)
     height, width, _ = median.shape
-    ring = max(1, round(0.03 * min(height, width)))
-    border = np.zeros((height, width), bool)
-    border[:ring] = border[-ring:] = True
-    border[:, :ring] = border[:, -ring:] = True
-    ys, xs = np.nonzero(border)
-    design = np.stack([xs / width, ys / height, np.ones_like(xs, dtype=np.float64)], axis=1)
+    ys, xs, design = border_ring(height, width)
     values = median[ys, xs].astype(np.float64)
     keep = np.ones(len(ys), bool)
     # The product may touch the border in some frames of the median: refit without the outliers once.
@@ -36,9 +33,7 @@ def _background(frames: np.ndarray) -> np.ndarray:
         if inliers.sum() < 0.25 * len(ys):
             break
         keep = inliers
-    gx, gy = np.meshgrid(np.arange(width) / width, np.arange(height) / height)
-    grid = np.stack([gx, gy, np.ones_like(gx)], axis=-1)
-    return (grid @ coef).astype(np.float32)
+    return plane_image(coef, height, width).astype(np.float32)
 
 
 def foreground_masks(frames: np.ndarray) -> np.ndarray:

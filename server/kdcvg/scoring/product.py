@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from kdcvg.judge.motion import product_masks
+from kdcvg.media.border import border_ring, plane_image
 from kdcvg.scoring.base import MetricResult, MetricUnavailableError, check_clip
 
 NAME = "product"
@@ -157,12 +158,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 def _border_background(image: np.ndarray) -> tuple[np.ndarray, float]:
     """A plane per channel fitted robustly to the image's border ring, and the ring's residual sigma."""
     height, width, _ = image.shape
-    ring = max(1, round(0.03 * min(height, width)))
-    border = np.zeros((height, width), bool)
-    border[:ring] = border[-ring:] = True
-    border[:, :ring] = border[:, -ring:] = True
-    ys, xs = np.nonzero(border)
-    design = np.stack([xs / width, ys / height, np.ones(len(xs))], axis=1)
+    ys, xs, design = border_ring(height, width)
     values = image[ys, xs].astype(np.float64)
     # The product may cover part of the border: start from the pixels near the border's median colour
     # (a gradient's middle), then refit on the plane's inliers.
@@ -178,9 +174,7 @@ def _border_background(image: np.ndarray) -> tuple[np.ndarray, float]:
         keep = inliers
     resid = np.abs(design[keep] @ coef - values[keep]).max(axis=1)
     sigma = 1.4826 * float(np.median(resid)) if len(resid) else 0.0
-    gx, gy = np.meshgrid(np.arange(width) / width, np.arange(height) / height)
-    plane = np.stack([gx, gy, np.ones_like(gx)], axis=-1) @ coef
-    return plane.astype(np.float32), sigma
+    return plane_image(coef, height, width).astype(np.float32), sigma
 
 
 def _largest_blob(fg: np.ndarray) -> np.ndarray:
