@@ -181,6 +181,34 @@ def _warps(block_m: int, block_d: int) -> int:
     return 8 if block_m * block_d >= 4096 else 4
 
 
+def _launch(kernel, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *scalars: float) -> torch.Tensor:
+    """Runs a row kernel over x with two operands broadcast to it (x, a, b, out, shape, scalars, strides)."""
+    x4, a4, b4 = _as_4d(x, a, b)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, a.dtype), b.dtype)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    n_rows, block_m, block_d = _launch_shape(x4)
+    if out.numel() == 0:
+        return out
+    kernel[(triton.cdiv(n_rows, block_m),)](
+        x4,
+        a4,
+        b4,
+        out,
+        n_rows,
+        x4.shape[1],
+        x4.shape[2],
+        x4.shape[3],
+        *scalars,
+        *x4.stride(),
+        *a4.stride(),
+        *b4.stride(),
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=_warps(block_m, block_d),
+    )
+    return out
+
+
 def layernorm_modulate_triton(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -188,59 +216,14 @@ def layernorm_modulate_triton(
 
     Returns a contiguous tensor of x's shape in the reference's dtype (torch's promotion of the three).
     Runs on CUDA tensors, or on CPU ones under TRITON_INTERPRET=1. No autograd."""
-    x4, sh4, sc4 = _as_4d(x, shift, scale)
-    dtype = torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype)
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    n_rows, block_m, block_d = _launch_shape(x4)
-    if out.numel() == 0:
-        return out
-    _layernorm_modulate_kernel[(triton.cdiv(n_rows, block_m),)](
-        x4,
-        sh4,
-        sc4,
-        out,
-        n_rows,
-        x4.shape[1],
-        x4.shape[2],
-        x4.shape[3],
-        float(eps),
-        *x4.stride(),
-        *sh4.stride(),
-        *sc4.stride(),
-        BLOCK_M=block_m,
-        BLOCK_D=block_d,
-        num_warps=_warps(block_m, block_d),
-    )
-    return out
+    return _launch(_layernorm_modulate_kernel, x, shift, scale, float(eps))
 
 
 def gated_residual_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One-pass x + gate * y; gate and y broadcast to x (B, T, S, d), y may be any strided view.
 
     Returns a contiguous tensor of x's shape in the reference's dtype. No autograd."""
-    x4, g4, y4 = _as_4d(x, gate, y)
-    dtype = torch.promote_types(torch.promote_types(x.dtype, gate.dtype), y.dtype)
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    n_rows, block_m, block_d = _launch_shape(x4)
-    if out.numel() == 0:
-        return out
-    _gated_residual_kernel[(triton.cdiv(n_rows, block_m),)](
-        x4,
-        g4,
-        y4,
-        out,
-        n_rows,
-        x4.shape[1],
-        x4.shape[2],
-        x4.shape[3],
-        *x4.stride(),
-        *g4.stride(),
-        *y4.stride(),
-        BLOCK_M=block_m,
-        BLOCK_D=block_d,
-        num_warps=_warps(block_m, block_d),
-    )
-    return out
+    return _launch(_gated_residual_kernel, x, gate, y)
 
 
 def _triton_ok(x: torch.Tensor, *others: torch.Tensor) -> bool:
