@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _corpus import ROOT, Corpus, build_corpus, fill_index, queries  # noqa: E402
 
-from kdcvg.app import start  # noqa: E402
+from kdcvg.app import settle_heap, start  # noqa: E402
 from kdcvg.config import Settings  # noqa: E402
 from kdcvg.knowledge.base import KnowledgeBase  # noqa: E402
 from kdcvg.knowledge.blobs import BlobStore  # noqa: E402
@@ -98,6 +98,8 @@ async def run_load(port: int, qs: list, concurrency: int) -> tuple[list[float], 
 async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     settings = Settings(port=0, metrics_port=0, api_keys={KEY: "bench"}, log_level="WARNING")
     running = await start(settings, kb, generation=False)
+    await asyncio.to_thread(kb.units.loaded.wait)
+    settle_heap()  # as `kdcvg serve` does
     try:
         seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
         conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)
@@ -112,7 +114,7 @@ def make_kb(index, encoder, atomizer, tmp: Path) -> KnowledgeBase:  # noqa: ANN0
         blobs=BlobStore(tmp / "videos"),
         events=EventLog(tmp / "events.sqlite3"),
         encoder=encoder,
-        batcher=MicroBatcher(encoder),
+        batcher=MicroBatcher(encoder, max_batch=Settings().batch_max_size, max_wait_ms=Settings().batch_max_wait_ms),
         atomizer=atomizer,
     )
 
@@ -162,7 +164,10 @@ def main() -> None:
     parser.add_argument("--naive-queries", type=int, default=100, help="the naive stack is slow at 100k")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    encoder = TextEncoder.load(ROOT / ".cache" / "models", precision="int8")
+    defaults = Settings()
+    encoder = TextEncoder.load(
+        ROOT / ".cache" / "models", precision="int8", threads=defaults.encoder_threads, spin=defaults.encoder_spin
+    )
     st_encoder = SentenceTransformerEncoder()
     atomizer = Atomizer()
     qs = queries(max(args.queries, 200))

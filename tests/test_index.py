@@ -22,6 +22,7 @@ from kdcvg.knowledge.index import (
     IndexPoint,
     QdrantServerIndex,
     open_index,
+    point_uuid,
 )
 
 DIM = 384
@@ -159,6 +160,28 @@ def test_search_equals_bruteforce_cosine(index, rng):
                 hits = index.search(q, tenant="b", category=category, limit=10, exact=exact)
                 assert [h.id for h in hits] == want
                 np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-5)
+
+
+def test_nearest_payloads_and_scan_work_by_point_id(index, rng):
+    """The payload-free path of Search: ids and scores from nearest(), fields by id, every point by scan."""
+    a, b = make_points(unit(rng, 30), "a"), make_points(unit(rng, 20), "b")
+    index.upsert(a + b)
+    want = index.search(a[4].vector, tenant="a", category="food", limit=8)
+    near = index.nearest(a[4].vector, tenant="a", category="food", limit=8)
+    assert [point_uuid("a", h.id) for h in want] == [pid for pid, _ in near]
+    np.testing.assert_allclose([h.score for h in want], [score for _, score in near], atol=1e-6)
+    assert index.nearest(a[4].vector, tenant="nobody", category=None, limit=5) == []
+
+    ids = [pid for pid, _ in near[:3]] + [point_uuid("a", "a/missing")]
+    got = index.payloads(ids, ["_key", "n"])
+    assert set(got) == set(ids[:3])  # a missing point is simply absent
+    assert {got[i]["_key"] for i in ids[:3]} == {h.id for h in want[:3]}
+    assert all(set(v) == {"_key", "n"} for v in got.values())  # only the fields asked for
+
+    pages = list(index.scan(["_key"], batch=16))
+    assert len(pages) >= 4 and all(len(page) <= 16 for page in pages)
+    seen = {pid: payload["_key"] for page in pages for pid, payload in page}
+    assert seen == {point_uuid(p.payload["tenant"], p.id): p.id for p in a + b}
 
 
 @pytest.mark.parametrize("kind", ["edge", "qdrant-path"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -299,9 +300,19 @@ async def start(
     return RunningServer(server, port, metrics_port, health_servicer, kb, metrics, generation, scorer)
 
 
+def settle_heap() -> None:
+    """Moves everything alive now (models, tables, caches: the server's lifetime state) out of the garbage
+    collector's sight. A full collection otherwise walks all of it: 240 ms at 400k objects, a pause that
+    lands in whichever request is running. Call once, after start-up."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight calls for `shutdown_grace_s`."""
     running = await start(settings)
+    await asyncio.to_thread(running.kb.units.loaded.wait, 60.0)  # the unit table: 1-2 s at 100k entries
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

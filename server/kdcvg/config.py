@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     # Text encoder
     encoder_precision: Literal["int8", "fp32"] = "int8"
     encoder_providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    encoder_threads: int | None = None
+    encoder_threads: int | None = Field(
+        1,
+        description="ONNX Runtime threads per encoder call (None: one per core). Queries are short and "
+        "concurrent ones are batched; on a few shared cores a pool of two made Search's p99 1.5x longer",
+    )
     encoder_spin: bool = Field(True, description="let ONNX Runtime's idle threads spin (its default)")
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32

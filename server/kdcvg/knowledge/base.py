@@ -16,9 +16,11 @@ import binascii
 import builtins
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,11 +29,10 @@ import numpy as np
 from kdcvg.errors import InvalidInput, NotFound
 from kdcvg.knowledge.blobs import BlobStore, is_sha256
 from kdcvg.knowledge.events import EventLog
-from kdcvg.knowledge.index import Hit, IndexPoint, VectorIndex
+from kdcvg.knowledge.index import KEY_FIELD, Hit, IndexPoint, VectorIndex, point_uuid
 from kdcvg.media.keyframes import select_keyframes
 from kdcvg.media.video import VideoDecodeError, decode_video
 from kdcvg.retrieval.ranking import (
-    PackedUnits,
     RankedCandidate,
     RankingParams,
     UnitEmbeddingCache,
@@ -39,6 +40,7 @@ from kdcvg.retrieval.ranking import (
     rank,
     rank_cosine,
 )
+from kdcvg.retrieval.unit_table import UnitTable
 from kdcvg.text.atomizer import Atomizer, SemanticUnit
 from kdcvg.text.batcher import MicroBatcher
 from kdcvg.text.encoder import TextEncoder
@@ -207,10 +209,21 @@ class KnowledgeBase:
         self.limits = limits or Limits()
         self.ranking = ranking or RankingParams()
         self.unit_cache = UnitEmbeddingCache(encoder.encode)
+        # Candidates' units for ranking, in memory (see retrieval/unit_table.py); loaded in the background.
+        self.units = UnitTable(encoder.encode, encoder.dim)
+        self._units_loader = threading.Thread(target=self._load_units, name="kdcvg-unit-table", daemon=True)
+        self._units_loader.start()
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="kdcvg-parse")  # the atomizer parses one at a time
         self._ingest_locks: dict[str, asyncio.Lock] = {}
         # Motion priors live beside the entries (kdcvg.priors); these hooks keep the two in step.
         self.prior_exists: Callable[[str, str], bool] | None = None
         self.on_delete: list[Callable[[str, str], None]] = []
+
+    def _load_units(self) -> None:
+        try:
+            self.units.load(self.index.scan([KEY_FIELD, "units"]), KEY_FIELD)
+        except Exception:  # e.g. the index closed while loading; searches read what is missing instead
+            log.warning("unit table: loading stopped early", exc_info=True)
 
     # --- validation -----------------------------------------------------------------------------------
 
@@ -306,7 +319,9 @@ class KnowledgeBase:
     def _commit(self, tenant: str, sha256: str, spooled: Path, entry: Entry, vector: np.ndarray) -> None:
         self.blobs.commit(spooled, tenant, sha256)
         payload = entry.payload() | {"tenant": tenant, "category": entry.category}
-        self.index.upsert([IndexPoint(id=point_key(tenant, sha256), vector=vector, payload=payload)])
+        key = point_key(tenant, sha256)
+        self.index.upsert([IndexPoint(id=key, vector=vector, payload=payload)])
+        self.units.add([(point_uuid(tenant, key), sha256, entry.units)])
 
     # --- read / delete --------------------------------------------------------------------------------
 
@@ -350,7 +365,9 @@ class KnowledgeBase:
 
     def delete(self, tenant: str, entry_id: str) -> None:
         entry = self.get(tenant, entry_id)
-        self.index.delete([point_key(tenant, entry.id)], tenant=tenant)
+        key = point_key(tenant, entry.id)
+        self.index.delete([key], tenant=tenant)
+        self.units.discard([point_uuid(tenant, key)])
         self.blobs.delete(tenant, entry.id)
         for hook in self.on_delete:
             hook(tenant, entry.id)
@@ -380,48 +397,60 @@ class KnowledgeBase:
         if not 1 <= limit <= self.limits.max_search_limit:
             raise InvalidInput(f"limit {limit} is out of range 1-{self.limits.max_search_limit}")
         stages: dict[str, int] = {}
-
-        async def parse() -> list[SemanticUnit]:
-            t0 = time.perf_counter()
-            per_text = await asyncio.to_thread(self.atomizer.atomize_many, points)
+        # Parsing overlaps encoding and the vector search: only the ranking needs the units. A cached parse
+        # is answered here; a new phrase goes to the parser's own thread (spaCy, 3-8 ms).
+        t0 = time.perf_counter()
+        per_text = self.atomizer.lookup(points)
+        parsed: Future[list[list[SemanticUnit]]] | None = None
+        if per_text is None:
+            parsed = self._parser.submit(self._parse, points, stages)
+        else:
             stages["parse"] = int((time.perf_counter() - t0) * 1e6)
-            return core_first(per_text)
-
-        async def encode() -> np.ndarray:
+        try:
             t0 = time.perf_counter()
-            vec = (await self.batcher.encode_many([query_text(product, points)]))[0]
+            vector = (await self.batcher.encode_many([query_text(product, points)]))[0]
             stages["encode"] = int((time.perf_counter() - t0) * 1e6)
-            return vec
-
-        units, vector = await asyncio.gather(parse(), encode())
-        query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
-        refs, n_candidates, retrieval_id = await asyncio.to_thread(
-            self._rank_and_log, tenant, vector, units, category, limit, ranking, stages, query
-        )
+            query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
+            refs, units, n_candidates, retrieval_id = await asyncio.to_thread(
+                self._retrieve, tenant, vector, per_text, parsed, category, limit, ranking, stages, query
+            )
+        finally:
+            if parsed is not None:
+                parsed.cancel()  # a no-op once it runs; spares the parser a cancelled search's phrases
         return SearchResult(refs, units, retrieval_id, n_candidates, stages)
 
-    def _rank_and_log(
+    def _parse(self, points: list[str], stages: dict[str, int]) -> list[list[SemanticUnit]]:
+        t0 = time.perf_counter()
+        per_text = self.atomizer.atomize_many(points)
+        stages["parse"] = int((time.perf_counter() - t0) * 1e6)
+        return per_text
+
+    def _retrieve(
         self,
         tenant: str,
         vector: np.ndarray,
-        units: list[SemanticUnit],
+        per_text: list[list[SemanticUnit]] | None,
+        parsed: Future[list[list[SemanticUnit]]] | None,
         category: str | None,
         limit: int,
         ranking: str,
         stages: dict[str, int],
         query: dict,
-    ) -> tuple[list[Reference], int, str]:
+    ) -> tuple[list[Reference], list[SemanticUnit], int, str]:
+        def units() -> list[SemanticUnit]:
+            return core_first(per_text if parsed is None else parsed.result())
+
         refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)
         t0 = time.perf_counter()
         retrieval_id = self.events.add_retrieval(tenant, query, [r.entry.id for r in refs])
         stages["log"] = int((time.perf_counter() - t0) * 1e6)
-        return refs, n_candidates, retrieval_id
+        return refs, units(), n_candidates, retrieval_id
 
     def _rank(
         self,
         tenant: str,
         vector: np.ndarray,
-        units: list[SemanticUnit],
+        units: Callable[[], list[SemanticUnit]],
         category: str | None,
         limit: int,
         ranking: str,
@@ -434,29 +463,49 @@ class KnowledgeBase:
             stages["rank"] = 0
             ranked = rank_cosine(np.asarray([h.score for h in hits], dtype=np.float32), limit=limit)
             return [Reference(Entry.from_payload(hits[r.index].payload), r) for r in ranked], len(hits)
-        # The candidate pool carries only the units; full entries are fetched for the winners alone.
+        # The pool comes back as point ids alone; the candidates' units are in memory (self.units), and full
+        # entries are read for the winners only.
         pool = max(limit, self.limits.search_candidates)
-        hits = self.index.search(vector, tenant=tenant, category=category, limit=pool, payload_fields=["units"])
+        hits = self.index.nearest(vector, tenant=tenant, category=category, limit=pool)
         t1 = time.perf_counter()
         stages["index"] = int((t1 - t0) * 1e6)
         if not hits:
             stages["rank"] = 0
             return [], 0
-        cand_units = [[SemanticUnit(m, a, r, bool(c)) for m, a, r, c in h.payload.get("units", [])] for h in hits]
-        embed, dim = self.unit_cache.embed, self.encoder.dim
+        point_ids = [pid for pid, _ in hits]
+        missing = self.units.missing(point_ids)
+        if missing:
+            found = self.index.payloads(missing, [KEY_FIELD, "units"])
+            self.units.add(
+                [
+                    (pid, str(found[pid].get(KEY_FIELD, "")).rsplit("/", 1)[-1], found[pid].get("units") or [])
+                    for pid in missing
+                    if pid in found
+                ]
+            )
+            kept = [i for i, pid in enumerate(point_ids) if pid in self.units]  # deleted meanwhile: dropped
+            hits = [hits[i] for i in kept]
+            point_ids = [point_ids[i] for i in kept]
+        packed, entry_ids = self.units.pack(point_ids)
+        t_wait = time.perf_counter()
+        query_units = units()  # the parse, if it is still running
+        t1 += time.perf_counter() - t_wait  # waiting for the parse is not ranking
         ranked = rank(
-            UnitVectors.from_units(units, embed, dim),
-            np.asarray([h.score for h in hits], dtype=np.float32),
-            PackedUnits.from_units(cand_units, embed, dim),
+            UnitVectors.from_units(query_units, self.unit_cache.embed, self.encoder.dim),
+            np.asarray([score for _, score in hits], dtype=np.float32),
+            packed,
             self.ranking,
             limit=limit,
         )
         t2 = time.perf_counter()
         stages["rank"] = int((t2 - t1) * 1e6)
-        full = {h.id: h for h in self.index.retrieve([hits[r.index].id for r in ranked], tenant=tenant)}
+        winners = [entry_ids[r.index] for r in ranked]
+        full = {
+            h.payload.get("id"): h for h in self.index.retrieve([point_key(tenant, e) for e in winners], tenant=tenant)
+        }
         stages["fetch"] = int((time.perf_counter() - t2) * 1e6)
         refs = [
-            Reference(Entry.from_payload(full[hits[r.index].id].payload), r) for r in ranked if hits[r.index].id in full
+            Reference(Entry.from_payload(full[e].payload), r) for e, r in zip(winners, ranked, strict=True) if e in full
         ]
         return refs, len(hits)
 
@@ -478,6 +527,7 @@ class KnowledgeBase:
         return self.events.add_feedback(tenant, retrieval_id.strip(), entry_id, float(reward), note).event_id
 
     def close(self) -> None:
+        self._parser.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         self.events.close()
 

@@ -95,6 +95,19 @@ class VectorIndex(Protocol):
         those fields (cheaper for large candidate pools); None returns all of it."""
         ...
 
+    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        """Like ``search`` without any payload: (point id, cosine) pairs, best first. Reading payloads is
+        most of the cost of a large candidate pool; callers that keep what they need in memory use this."""
+        ...
+
+    def payloads(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The named payload fields of points by point id (of any tenant; for internal caches only)."""
+        ...
+
+    def scan(self, fields: Sequence[str], *, batch: int = 2000) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """Every point of every tenant as (point id, the named payload fields), a page at a time."""
+        ...
+
     def retrieve(self, ids: Sequence[str], *, tenant: str) -> list[Hit]: ...
 
     def scroll(
@@ -369,6 +382,38 @@ class EdgeIndex:
         with self._shard_lock.read():
             points = self._shard.query(request)
         return [_hit(p.payload, p.score) for p in points]
+
+    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        _check_tenant(tenant)
+        if limit <= 0:
+            return []
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(_vector(vector, self.dim)),
+            filter=_edge_filter(tenant, category),
+            with_payload=False,
+            params=qe.SearchParams(hnsw_ef=self.search_ef, exact=False),
+        )
+        with self._shard_lock.read():
+            points = self._shard.query(request)
+        return [(str(p.id), float(p.score)) for p in points]
+
+    def payloads(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not point_ids:
+            return {}
+        with self._shard_lock.read():
+            records = self._shard.retrieve([uuid.UUID(i) for i in point_ids], list(fields), False)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def scan(self, fields: Sequence[str], *, batch: int = 2000) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        offset = None
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=batch, with_payload=list(fields), with_vector=False)
+            with self._shard_lock.read():
+                records, offset = self._shard.scroll(request)
+            yield [(str(r.id), dict(r.payload or {})) for r in records]
+            if offset is None:
+                return
 
     def retrieve(self, ids: Sequence[str], *, tenant: str) -> list[Hit]:
         _check_tenant(tenant)
@@ -764,6 +809,36 @@ class QdrantServerIndex:
             with_payload=True if payload_fields is None else [KEY_FIELD, *payload_fields],
         )
         return [_hit(p.payload, p.score) for p in result.points]
+
+    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        _check_tenant(tenant)
+        if limit <= 0:
+            return []
+        result = self.client.query_points(
+            self.collection,
+            query=_vector(vector, self.dim),
+            query_filter=_server_filter(tenant, category),
+            search_params=None if self._local else qm.SearchParams(hnsw_ef=self.search_ef),
+            limit=limit,
+            with_payload=False,
+        )
+        return [(str(p.id), float(p.score)) for p in result.points]
+
+    def payloads(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not point_ids:
+            return {}
+        records = self.client.retrieve(self.collection, list(point_ids), with_payload=list(fields))
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def scan(self, fields: Sequence[str], *, batch: int = 2000) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=batch, offset=offset, with_payload=list(fields), with_vectors=False
+            )
+            yield [(str(r.id), dict(r.payload or {})) for r in records]
+            if offset is None:
+                return
 
     def retrieve(self, ids: Sequence[str], *, tenant: str) -> list[Hit]:
         _check_tenant(tenant)

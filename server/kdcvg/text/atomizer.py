@@ -155,6 +155,22 @@ class Atomizer:
     def atomize(self, text: str) -> list[SemanticUnit]:
         return self.atomize_many([text])[0]
 
+    def lookup(self, texts: Sequence[str]) -> list[list[SemanticUnit]] | None:
+        """atomize_many's answer when every text is cached, else None; never parses and never waits for
+        the lock, so an event loop may call it."""
+        norm = [_normalise(t) for t in texts]
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if not all(t in self._cache for t in norm if t):
+                return None
+            for t in norm:
+                if t:
+                    self._cache.move_to_end(t)
+            return [list(self._cache[t]) if t else [] for t in norm]
+        finally:
+            self._lock.release()
+
     def atomize_many(self, texts: Sequence[str]) -> list[list[SemanticUnit]]:
         norm = [_normalise(t) for t in texts]
         found: dict[str, tuple[SemanticUnit, ...]] = {}

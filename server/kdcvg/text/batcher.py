@@ -36,7 +36,7 @@ _CLOSE = object()
 class MicroBatcher:
     """Batches concurrent `encode` / `encode_many` calls into single encoder calls."""
 
-    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait_ms: float = 1.0) -> None:
+    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_ms < 0:
