@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--candidates", type=int, default=100, help="vector-index pool for the Search-T2V filters")
+    parser.add_argument("--candidates", type=int, default=48, help="vector-index pool for the Search-T2V filters")
     args = parser.parse_args()
     encoder = TextEncoder.load(ROOT / ".cache" / "models", precision="int8")
     atomizer = Atomizer()

@@ -388,3 +388,28 @@ async def test_close_finishes_queued_jobs_then_refuses(fp32):
     assert all(t.done() and t.result().shape == (384,) for t in tasks)
     with pytest.raises(RuntimeError, match="closed"):
         await batcher.encode("too late")
+
+
+async def test_an_idle_encoder_can_be_claimed_for_one_call(fp32):
+    spy = SlowEncoder(fp32, delay=0.2)
+    batcher = MicroBatcher(spy)
+    assert batcher.try_claim()
+    assert not batcher.try_claim()  # one claim at a time
+    # Others still get their vectors, by the batcher, while the claim is held.
+    queued = asyncio.create_task(batcher.encode("50% off today"))
+    claimed = await asyncio.to_thread(batcher.encode_claimed, ["free shipping"])
+    assert _cosines(claimed, fp32.encode(["free shipping"]))[0] > 0.99999
+    assert (await queued).shape == (384,)
+    # No claim while a batch runs; encode_claimed gave its claim back.
+    running = asyncio.create_task(batcher.encode("bottle spins"))
+    await asyncio.to_thread(spy.started.wait, 5)
+    await asyncio.sleep(0.05)
+    assert not batcher.try_claim()
+    await running
+    assert batcher.try_claim()
+    batcher.release()  # a caller cancelled before using it
+    assert batcher.try_claim()
+    batcher.release()
+    await batcher.close()
+    assert not batcher.try_claim()
+    assert batcher.items == 3

@@ -56,7 +56,7 @@ class Limits:
     max_video_frames: int = 256
     max_video_pixels: int = 1280 * 720
     max_search_limit: int = 100
-    search_candidates: int = 100
+    search_candidates: int = 48  # see Settings.search_candidates
     max_labels: int = 32
     default_page_size: int = 100
     max_page_size: int = 1000
@@ -406,15 +406,23 @@ class KnowledgeBase:
             parsed = self._parser.submit(self._parse, points, stages)
         else:
             stages["parse"] = int((time.perf_counter() - t0) * 1e6)
+        text = query_text(product, points)
+        query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
+        # With the encoder idle, this search encodes in its own worker thread (one hand-off in all); else it
+        # joins the next batch of concurrent searches.
+        claimed = self.batcher.try_claim()
         try:
-            t0 = time.perf_counter()
-            vector = (await self.batcher.encode_many([query_text(product, points)]))[0]
-            stages["encode"] = int((time.perf_counter() - t0) * 1e6)
-            query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
+            vector: np.ndarray | str = text
+            if not claimed:
+                t0 = time.perf_counter()
+                vector = (await self.batcher.encode_many([text]))[0]
+                stages["encode"] = int((time.perf_counter() - t0) * 1e6)
             refs, units, n_candidates, retrieval_id = await asyncio.to_thread(
                 self._retrieve, tenant, vector, per_text, parsed, category, limit, ranking, stages, query
             )
         finally:
+            if claimed:
+                self.batcher.release()  # encode_claimed released it already, unless cancelled before
             if parsed is not None:
                 parsed.cancel()  # a no-op once it runs; spares the parser a cancelled search's phrases
         return SearchResult(refs, units, retrieval_id, n_candidates, stages)
@@ -428,7 +436,7 @@ class KnowledgeBase:
     def _retrieve(
         self,
         tenant: str,
-        vector: np.ndarray,
+        vector: np.ndarray | str,
         per_text: list[list[SemanticUnit]] | None,
         parsed: Future[list[list[SemanticUnit]]] | None,
         category: str | None,
@@ -439,6 +447,11 @@ class KnowledgeBase:
     ) -> tuple[list[Reference], list[SemanticUnit], int, str]:
         def units() -> list[SemanticUnit]:
             return core_first(per_text if parsed is None else parsed.result())
+
+        if isinstance(vector, str):  # the encoder was claimed for this search
+            t0 = time.perf_counter()
+            vector = self.batcher.encode_claimed([vector])[0]
+            stages["encode"] = int((time.perf_counter() - t0) * 1e6)
 
         refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)
         t0 = time.perf_counter()
