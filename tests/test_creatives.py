@@ -289,3 +289,18 @@ def test_overlay_is_steady_and_mostly_off_the_product_path():
         if path is not None:
             text_area = changed.any(axis=0)
             assert (text_area & path).sum() <= 0.3 * text_area.sum(), spec
+
+
+def test_render_with_alpha_gives_the_same_frames_and_the_product_coverage():
+    from kdcvg.data.creatives import render, render_with_alpha, sample_spec
+
+    spec = sample_spec(77, motions=["slide_left"])
+    frames, alpha = render_with_alpha(spec)
+    assert np.array_equal(frames, render(spec))
+    assert alpha.shape == frames.shape[:3] and alpha.dtype == np.float32
+    assert 0.0 <= alpha.min() and alpha.max() <= 1.0 + 1e-5
+    covered = alpha > 0.5
+    assert covered.any(axis=(1, 2)).all()  # the product is in every frame
+    # It slides left: the coverage's centre moves left.
+    xs = [np.nonzero(c)[1].mean() for c in covered]
+    assert xs[-1] < xs[0]

@@ -737,19 +737,27 @@ def _draw_overlay(frames: np.ndarray, text: str, coverage: np.ndarray, color: RG
 
 def render(spec: CreativeSpec) -> np.ndarray:
     """The clip of `spec`: (frames, height, width, 3) uint8 RGB."""
+    return render_with_alpha(spec)[0]
+
+
+def render_with_alpha(spec: CreativeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The clip of `spec` and the product's coverage in each frame: (frames, H, W, 3) uint8 RGB and
+    (frames, H, W) float32 alpha in [0, 1] (the overlay text is not product)."""
     sprite = _sprite(spec.shape, spec.rgb)
     bg = _background(spec.background, spec.height, spec.width)
     out = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
+    alphas = np.empty((spec.frames, spec.height, spec.width), np.float32)
     coverage = np.zeros((spec.height, spec.width), np.float32)
     for i, pose in enumerate(_poses(spec.motion, spec.frames)):
         layer = _place(sprite, pose, spec.height, spec.width)
         alpha = layer[..., 3:]
+        alphas[i] = alpha[..., 0]
         np.maximum(coverage, alpha[..., 0], out=coverage)
         frame = bg * (1.0 - alpha) + layer[..., :3]
         out[i] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     if spec.overlay:
         _draw_overlay(out, spec.overlay, coverage, _text_color(spec.background))
-    return out
+    return out, alphas
 
 
 # --- text -------------------------------------------------------------------------------------------
