@@ -94,7 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> tuple[int, int]:
+    """Returns the steps this invocation started and stopped at."""
     args = parse_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         warm = min(1.0, (s + 1) / 50)
         return args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
 
+    first = step
     deadline = time.monotonic() + args.minutes * 60
     bar = tqdm(total=args.steps, initial=step, desc="decoder", dynamic_ncols=True, mininterval=5)
     losses: list[float] = []
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         out = model.save(args.export_dir or args.model_dir)
         print(f"wrote {out}")
+    return first, step
 
 
 if __name__ == "__main__":
