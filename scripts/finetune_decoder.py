@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ sys.path.insert(0, str(ROOT / "server"))
 
 from kdcvg.data import creatives as cr  # noqa: E402
 from kdcvg.models.autoencoder import VideoAutoencoder  # noqa: E402
+from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state  # noqa: E402
 from kdcvg.models.video_model import VideoModel  # noqa: E402
 
 HELD_OUT = ("orbit", "shake", "pulse")
@@ -65,12 +64,6 @@ def weighted_loss(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, edge_weight
     dy = ((x[:, :, 1:] - x[:, :, :-1]) - (y[:, :, 1:] - y[:, :, :-1])).abs() * w[:, :, 1:]
     edge = dx.sum() / (w[:, :, :, 1:].sum() * 3) + dy.sum() / (w[:, :, 1:].sum() * 3)
     return l1 + edge_weight * edge
-
-
-def save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,10 +112,7 @@ def main(argv: list[str] | None = None) -> tuple[int, int]:
         state = torch.load(ckpt, weights_only=False)
         decoder.load_state_dict(state["decoder"])
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        set_rng_state(gen, state["rng"])
         step = state["step"]
         log.info("resumed at step %d", step)
 
@@ -158,16 +148,13 @@ def main(argv: list[str] | None = None) -> tuple[int, int]:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
             log.info("step %d loss %.4f lr %.2e", step, np.mean(losses[-25:]), lr_at(step))
         if step % args.ckpt_every == 0 or step == args.steps or time.monotonic() >= deadline:
-            save_ckpt(
+            save_checkpoint(
                 ckpt,
                 {
                     "step": step,
                     "decoder": decoder.state_dict(),
                     "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
+                    "rng": rng_state(gen),
                     "args": vars(args),
                 },
             )

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 
 from kdcvg.data import creatives as cr  # noqa: E402
+from kdcvg.models.checkpoint import save_checkpoint  # noqa: E402
 from kdcvg.scoring import reward as rw  # noqa: E402
 
 POOL_VERSION = 2
@@ -246,12 +247,6 @@ def loss_fn(model: rw.RewardModel, batch: dict, args: argparse.Namespace) -> tup
     return loss, {"hard": hard_loss.item(), "batch": batch_loss.item(), "acc": acc, "scale": scale.item()}
 
 
-def save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=ROOT / ".cache" / "train" / "reward")
@@ -331,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         return args.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.max_steps))))
 
     def checkpoint() -> None:
-        save_ckpt(
+        save_checkpoint(
             ckpt_path,
             {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
              "config": model.config.to_dict(), "args": {k: str(v) for k, v in vars(args).items()}},

@@ -38,6 +38,7 @@ from kdcvg.data import creatives as cr  # noqa: E402
 from kdcvg.generation.pipeline import fuse_reference, prompt_text  # noqa: E402
 from kdcvg.models import rectified_flow as rf  # noqa: E402
 from kdcvg.models.autoencoder import AutoencoderConfig, VideoAutoencoder, reconstruction_loss  # noqa: E402
+from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state  # noqa: E402
 from kdcvg.models.stdit import STDiTConfig, count_parameters  # noqa: E402
 from kdcvg.models.video_model import VideoModel  # noqa: E402
 
@@ -188,28 +189,6 @@ class SimpleJudge:
 # checkpoints
 
 
-def save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state(gen: torch.Generator) -> dict:
-    return {
-        "gen": gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(gen: torch.Generator, s: dict) -> None:
-    gen.set_state(s["gen"])
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-
-
 # ------------------------------------------------------------------------------------------------------
 # autoencoder phase
 
@@ -265,7 +244,7 @@ def train_autoencoder(args, ae: VideoAutoencoder, ckpt_path: Path, state: dict |
             t0 = time.monotonic()
         done = step == total or time.monotonic() > deadline
         if step % args.ckpt_every == 0 or done:
-            save_ckpt(
+            save_checkpoint(
                 ckpt_path,
                 {
                     "phase": "ae",
@@ -652,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
         ema.save(args.export_dir)
 
     def checkpoint() -> None:
-        save_ckpt(
+        save_checkpoint(
             dit_ckpt,
             {
                 "phase": "dit",

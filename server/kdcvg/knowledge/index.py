@@ -369,21 +369,22 @@ class EdgeIndex:
         exact: bool = False,
         payload_fields: Sequence[str] | None = None,
     ) -> list[Hit]:
-        _check_tenant(tenant)
-        if limit <= 0:
-            return []
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(_vector(vector, self.dim)),
-            filter=_edge_filter(tenant, category),
-            with_payload=True if payload_fields is None else [KEY_FIELD, *payload_fields],
-            params=qe.SearchParams(hnsw_ef=self.search_ef, exact=exact),
-        )
-        with self._shard_lock.read():
-            points = self._shard.query(request)
+        with_payload = True if payload_fields is None else [KEY_FIELD, *payload_fields]
+        points = self._query(vector, tenant, category, limit, exact, with_payload)
         return [_hit(p.payload, p.score) for p in points]
 
     def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        return [(str(p.id), float(p.score)) for p in self._query(vector, tenant, category, limit, False, False)]
+
+    def _query(
+        self,
+        vector: np.ndarray,
+        tenant: str,
+        category: str | None,
+        limit: int,
+        exact: bool,
+        with_payload: bool | list[str],
+    ) -> list[Any]:
         _check_tenant(tenant)
         if limit <= 0:
             return []
@@ -391,12 +392,11 @@ class EdgeIndex:
             limit=limit,
             query=qe.Query.Nearest(_vector(vector, self.dim)),
             filter=_edge_filter(tenant, category),
-            with_payload=False,
-            params=qe.SearchParams(hnsw_ef=self.search_ef, exact=False),
+            with_payload=with_payload,
+            params=qe.SearchParams(hnsw_ef=self.search_ef, exact=exact),
         )
         with self._shard_lock.read():
-            points = self._shard.query(request)
-        return [(str(p.id), float(p.score)) for p in points]
+            return self._shard.query(request)
 
     def payloads(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not point_ids:
@@ -797,6 +797,21 @@ class QdrantServerIndex:
         exact: bool = False,
         payload_fields: Sequence[str] | None = None,
     ) -> list[Hit]:
+        with_payload = True if payload_fields is None else [KEY_FIELD, *payload_fields]
+        return [_hit(p.payload, p.score) for p in self._query(vector, tenant, category, limit, exact, with_payload)]
+
+    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        return [(str(p.id), float(p.score)) for p in self._query(vector, tenant, category, limit, False, False)]
+
+    def _query(
+        self,
+        vector: np.ndarray,
+        tenant: str,
+        category: str | None,
+        limit: int,
+        exact: bool,
+        with_payload: bool | list[str],
+    ) -> list[Any]:
         _check_tenant(tenant)
         if limit <= 0:
             return []
@@ -806,23 +821,9 @@ class QdrantServerIndex:
             query_filter=_server_filter(tenant, category),
             search_params=None if self._local else qm.SearchParams(hnsw_ef=self.search_ef, exact=exact),
             limit=limit,
-            with_payload=True if payload_fields is None else [KEY_FIELD, *payload_fields],
+            with_payload=with_payload,
         )
-        return [_hit(p.payload, p.score) for p in result.points]
-
-    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
-        _check_tenant(tenant)
-        if limit <= 0:
-            return []
-        result = self.client.query_points(
-            self.collection,
-            query=_vector(vector, self.dim),
-            query_filter=_server_filter(tenant, category),
-            search_params=None if self._local else qm.SearchParams(hnsw_ef=self.search_ef),
-            limit=limit,
-            with_payload=False,
-        )
-        return [(str(p.id), float(p.score)) for p in result.points]
+        return list(result.points)
 
     def payloads(self, point_ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not point_ids:
