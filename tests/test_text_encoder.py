@@ -393,23 +393,28 @@ async def test_close_finishes_queued_jobs_then_refuses(fp32):
 async def test_an_idle_encoder_can_be_claimed_for_one_call(fp32):
     spy = SlowEncoder(fp32, delay=0.2)
     batcher = MicroBatcher(spy)
-    assert batcher.try_claim()
-    assert not batcher.try_claim()  # one claim at a time
+    claim = batcher.try_claim()
+    assert claim is not None
+    assert batcher.try_claim() is None  # one claim at a time
     # Others still get their vectors, by the batcher, while the claim is held.
     queued = asyncio.create_task(batcher.encode("50% off today"))
-    claimed = await asyncio.to_thread(batcher.encode_claimed, ["free shipping"])
+    claimed = await asyncio.to_thread(batcher.encode_claimed, claim, ["free shipping"])
     assert _cosines(claimed, fp32.encode(["free shipping"]))[0] > 0.99999
     assert (await queued).shape == (384,)
     # No claim while a batch runs; encode_claimed gave its claim back.
     running = asyncio.create_task(batcher.encode("bottle spins"))
     await asyncio.to_thread(spy.started.wait, 5)
     await asyncio.sleep(0.05)
-    assert not batcher.try_claim()
+    assert batcher.try_claim() is None
     await running
-    assert batcher.try_claim()
-    batcher.release()  # a caller cancelled before using it
-    assert batcher.try_claim()
-    batcher.release()
+    second = batcher.try_claim()
+    assert second is not None
+    batcher.release(claim)  # giving back a claim twice must not free the one held now
+    assert batcher.try_claim() is None
+    batcher.release(second)  # its caller was cancelled before using it
+    third = batcher.try_claim()
+    assert third is not None
+    batcher.release(third)
     await batcher.close()
-    assert not batcher.try_claim()
+    assert batcher.try_claim() is None
     assert batcher.items == 3

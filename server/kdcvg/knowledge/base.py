@@ -42,7 +42,7 @@ from kdcvg.retrieval.ranking import (
 )
 from kdcvg.retrieval.unit_table import UnitTable
 from kdcvg.text.atomizer import Atomizer, SemanticUnit
-from kdcvg.text.batcher import MicroBatcher
+from kdcvg.text.batcher import Claim, MicroBatcher
 from kdcvg.text.encoder import TextEncoder
 
 log = logging.getLogger("kdcvg.knowledge")
@@ -410,10 +410,12 @@ class KnowledgeBase:
         query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
         # With the encoder idle, this search encodes in its own worker thread (one hand-off in all); else it
         # joins the next batch of concurrent searches.
-        claimed = self.batcher.try_claim()
+        claim = self.batcher.try_claim()
         try:
-            vector: np.ndarray | str = text
-            if not claimed:
+            vector: np.ndarray | tuple[Claim, str]
+            if claim is not None:
+                vector = (claim, text)  # encoded by _retrieve, in its thread
+            else:
                 t0 = time.perf_counter()
                 vector = (await self.batcher.encode_many([text]))[0]
                 stages["encode"] = int((time.perf_counter() - t0) * 1e6)
@@ -421,8 +423,8 @@ class KnowledgeBase:
                 self._retrieve, tenant, vector, per_text, parsed, category, limit, ranking, stages, query
             )
         finally:
-            if claimed:
-                self.batcher.release()  # encode_claimed released it already, unless cancelled before
+            if claim is not None:
+                self.batcher.release(claim)  # encode_claimed gave it back already, unless cancelled before
             if parsed is not None:
                 parsed.cancel()  # a no-op once it runs; spares the parser a cancelled search's phrases
         return SearchResult(refs, units, retrieval_id, n_candidates, stages)
@@ -436,7 +438,7 @@ class KnowledgeBase:
     def _retrieve(
         self,
         tenant: str,
-        vector: np.ndarray | str,
+        vector: np.ndarray | tuple[Claim, str],
         per_text: list[list[SemanticUnit]] | None,
         parsed: Future[list[list[SemanticUnit]]] | None,
         category: str | None,
@@ -448,9 +450,9 @@ class KnowledgeBase:
         def units() -> list[SemanticUnit]:
             return core_first(per_text if parsed is None else parsed.result())
 
-        if isinstance(vector, str):  # the encoder was claimed for this search
+        if isinstance(vector, tuple):  # the encoder was claimed for this search
             t0 = time.perf_counter()
-            vector = self.batcher.encode_claimed([vector])[0]
+            vector = self.batcher.encode_claimed(vector[0], [vector[1]])[0]
             stages["encode"] = int((time.perf_counter() - t0) * 1e6)
 
         refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)

@@ -33,6 +33,12 @@ class _Job:
 _CLOSE = object()
 
 
+class Claim:
+    """The right to use an idle encoder for one call; see ``MicroBatcher.try_claim``."""
+
+    __slots__ = ()
+
+
 class MicroBatcher:
     """Batches concurrent `encode` / `encode_many` calls into single encoder calls."""
 
@@ -53,7 +59,7 @@ class MicroBatcher:
         self._carry: _Job | None = None
         self._closed = False
         self._batch_running = False
-        self._claimed = False
+        self._claim: Claim | None = None
 
     @property
     def mean_batch_size(self) -> float:
@@ -69,31 +75,33 @@ class MicroBatcher:
             raise TypeError("texts must be a sequence of strings, not one string")
         return await self._submit(list(texts))
 
-    def try_claim(self) -> bool:
-        """Call on the event loop. True when the encoder is idle (no batch running or waiting, no claim
-        held): the caller may then encode in its own worker thread with ``encode_claimed``, saving the hand-off
-        to the batcher's thread and back (a sequential Search's encode is 2 ms; each hand-off 0.1-0.5 ms).
-        The claim makes later callers queue for a batch as usual. Release it with ``release``."""
-        if self._closed or self._claimed or self._batch_running or self._carry is not None:
-            return False
+    def try_claim(self) -> Claim | None:
+        """Call on the event loop. A claim when the encoder is idle (no batch running or waiting, no claim
+        held), else None. With a claim the caller encodes in its own worker thread (``encode_claimed``),
+        saving the hand-off to the batcher's thread and back (a sequential Search's encode is 2 ms; each
+        hand-off 0.1-0.5 ms); later callers queue for a batch meanwhile. ``encode_claimed`` gives the claim
+        back; ``release`` gives back one that will not be used (its caller was cancelled)."""
+        if self._closed or self._claim is not None or self._batch_running or self._carry is not None:
+            return None
         if self._queue is not None and not self._queue.empty():
-            return False
-        self._claimed = True
-        return True
+            return None
+        self._claim = Claim()
+        return self._claim
 
-    def encode_claimed(self, texts: Sequence[str]) -> np.ndarray:
-        """Encodes in the calling (worker) thread under a claim from ``try_claim``, then releases it."""
+    def encode_claimed(self, claim: Claim, texts: Sequence[str]) -> np.ndarray:
+        """Encodes in the calling (worker) thread under ``claim``, then gives it back."""
         try:
             vectors = self._encode(list(texts))
         finally:
-            self._claimed = False
+            self.release(claim)
         self.batches_run += 1
         self.items += len(texts)
         return vectors
 
-    def release(self) -> None:
-        """Gives back a claim that ``encode_claimed`` will not use (e.g. its caller was cancelled)."""
-        self._claimed = False
+    def release(self, claim: Claim) -> None:
+        """Gives ``claim`` back; a no-op when it was given back already (a later claim stays held)."""
+        if self._claim is claim:
+            self._claim = None
 
     async def close(self) -> None:
         """Finish the jobs already queued, then stop the worker. Later calls raise RuntimeError."""
