@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "server"))
 
 from kdcvg.data import creatives as cr  # noqa: E402
 from kdcvg.models.autoencoder import VideoAutoencoder  # noqa: E402
-from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state  # noqa: E402
+from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state, start_run  # noqa: E402
 from kdcvg.models.video_model import VideoModel  # noqa: E402
 
 HELD_OUT = ("orbit", "shake", "pulse")
@@ -90,16 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> tuple[int, int]:
     """Returns the steps this invocation started and stopped at."""
     args = parse_args(argv)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(args.work_dir / "train.log")],
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = start_run(args.work_dir, threads=args.threads, seed=args.seed)
     ckpt = args.work_dir / "decoder.pt"
     model = VideoModel.load(args.model_dir)
     ae = model.autoencoder

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from kdcvg.data import creatives as cr  # noqa: E402
 from kdcvg.generation.pipeline import fuse_reference, prompt_text  # noqa: E402
 from kdcvg.models import rectified_flow as rf  # noqa: E402
 from kdcvg.models.autoencoder import AutoencoderConfig, VideoAutoencoder, reconstruction_loss  # noqa: E402
-from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state  # noqa: E402
+from kdcvg.models.checkpoint import rng_state, save_checkpoint, set_rng_state, start_run  # noqa: E402
 from kdcvg.models.stdit import STDiTConfig, count_parameters  # noqa: E402
 from kdcvg.models.video_model import VideoModel  # noqa: E402
 
@@ -449,20 +448,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.work_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.FileHandler(args.work_dir / "train.log")],
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    gen = start_run(args.work_dir, threads=args.threads, seed=args.seed)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
     ae_ckpt, dit_ckpt = args.work_dir / "ae.pt", args.work_dir / "dit.pt"
     log.info("start %s", " ".join(sys.argv))
 

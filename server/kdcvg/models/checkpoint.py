@@ -1,7 +1,9 @@
-"""What the training scripts share: atomic checkpoint files and the random state a resumed run restores."""
+"""What the training scripts share: their start (log file, threads, seeds), atomic checkpoint files and the
+random state a resumed run restores."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -35,3 +37,18 @@ def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def start_run(work_dir: Path, *, threads: int, seed: int) -> torch.Generator:
+    """Creates ``work_dir``, logs to its train.log, sets torch's threads (0: torch's default) and seeds
+    torch, numpy and Python; returns a torch generator seeded with ``seed`` for the run's own draws."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", handlers=[logging.FileHandler(work_dir / "train.log")]
+    )
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return torch.Generator().manual_seed(seed)
