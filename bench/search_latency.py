@@ -195,6 +195,16 @@ def main() -> None:
     atomizer = Atomizer()
     qs = queries(max(args.queries, 200))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+    # This machine's speed drifts (shared hosts): the encoder alone is the yardstick printed with each run.
+    reference = [qs[i % len(qs)] for i in range(300)]
+    for points, _, _ in reference[:20]:
+        encoder.encode([". ".join(points)])
+    ref_ms = []
+    for points, _, _ in reference:
+        t0 = time.perf_counter()
+        encoder.encode([". ".join(points)])
+        ref_ms.append((time.perf_counter() - t0) * 1e3)
+    print(f"yardstick: the encoder alone, one query, p50 {np.percentile(ref_ms, 50):.2f} ms")
     latency_rows, stage_rows = [], []
     for n in args.sizes:
         corpus = build_corpus(n, encoder, atomizer)
