@@ -132,6 +132,20 @@ def make_kb(index, encoder, atomizer, tmp: Path) -> KnowledgeBase:  # noqa: ANN0
     )
 
 
+def yardstick(encoder: TextEncoder, qs: list) -> float:
+    """This machine's speed drifts (a shared host): the encoder alone on one query, p50 ms, is printed
+    beside each measurement so that runs can be compared."""
+    texts = [". ".join(qs[i % len(qs)][0]) for i in range(300)]
+    for text in texts[:20]:
+        encoder.encode([text])
+    ms = []
+    for text in texts:
+        t0 = time.perf_counter()
+        encoder.encode([text])
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return float(np.percentile(ms, 50))
+
+
 def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, args) -> list[str]:  # noqa: ANN001
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +157,9 @@ def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, args) -> l
         print(f"[{n}] HNSW optimize: {time.perf_counter() - t0:.1f} s")
         # A fresh parser cache for each stack and size: a query's phrases are new to the server unless an
         # earlier query of this run had them (the sequential run comes first).
+        before = yardstick(encoder, qs)
         ours = asyncio.run(measure(make_kb(edge, encoder, Atomizer(), tmp / "ours"), qs, args.queries, args.queries))
+        print(f"[{n}] yardstick before / after our stack: {before:.2f} / {yardstick(encoder, qs):.2f} ms")
         from qdrant_client import QdrantClient
 
         local = QdrantServerIndex(QdrantClient(path=str(tmp / "qdrant-local")), "bench", dim=384)
@@ -195,16 +211,7 @@ def main() -> None:
     atomizer = Atomizer()
     qs = queries(max(args.queries, 200))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
-    # This machine's speed drifts (shared hosts): the encoder alone is the yardstick printed with each run.
-    reference = [qs[i % len(qs)] for i in range(300)]
-    for points, _, _ in reference[:20]:
-        encoder.encode([". ".join(points)])
-    ref_ms = []
-    for points, _, _ in reference:
-        t0 = time.perf_counter()
-        encoder.encode([". ".join(points)])
-        ref_ms.append((time.perf_counter() - t0) * 1e3)
-    print(f"yardstick: the encoder alone, one query, p50 {np.percentile(ref_ms, 50):.2f} ms")
+    print(f"yardstick: the encoder alone, one query, p50 {yardstick(encoder, qs):.2f} ms")
     latency_rows, stage_rows = [], []
     for n in args.sizes:
         corpus = build_corpus(n, encoder, atomizer)
