@@ -195,6 +195,38 @@ _SHARD_PREFIX = "shard-"
 _NOTHING_TO_DO = 3  # exit status of the optimiser process when the shard was already optimal
 
 
+class _QueryReads:
+    """search and nearest for a backend whose ``_query`` returns scored points (``.id``, ``.score``,
+    ``.payload``): both Qdrant engines answer in that shape."""
+
+    def _query(
+        self,
+        vector: np.ndarray,
+        tenant: str,
+        category: str | None,
+        limit: int,
+        exact: bool,
+        with_payload: bool | list[str],
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    def search(
+        self,
+        vector: np.ndarray,
+        *,
+        tenant: str,
+        category: str | None,
+        limit: int,
+        exact: bool = False,
+        payload_fields: Sequence[str] | None = None,
+    ) -> list[Hit]:
+        with_payload = True if payload_fields is None else [KEY_FIELD, *payload_fields]
+        return [_hit(p.payload, p.score) for p in self._query(vector, tenant, category, limit, exact, with_payload)]
+
+    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
+        return [(str(p.id), float(p.score)) for p in self._query(vector, tenant, category, limit, False, False)]
+
+
 class _ReadWriteLock:
     """Many concurrent readers or one writer; a waiting writer holds back new readers."""
 
@@ -234,7 +266,7 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-class EdgeIndex:
+class EdgeIndex(_QueryReads):
     """Qdrant's engine in-process, persisted under ``path``.
 
     Durability: every update is in the engine's write-ahead log before ``upsert``/``delete`` returns, so
@@ -358,23 +390,6 @@ class EdgeIndex:
         self.close()
 
     # -- reads --------------------------------------------------------------------------------------------
-
-    def search(
-        self,
-        vector: np.ndarray,
-        *,
-        tenant: str,
-        category: str | None,
-        limit: int,
-        exact: bool = False,
-        payload_fields: Sequence[str] | None = None,
-    ) -> list[Hit]:
-        with_payload = True if payload_fields is None else [KEY_FIELD, *payload_fields]
-        points = self._query(vector, tenant, category, limit, exact, with_payload)
-        return [_hit(p.payload, p.score) for p in points]
-
-    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
-        return [(str(p.id), float(p.score)) for p in self._query(vector, tenant, category, limit, False, False)]
 
     def _query(
         self,
@@ -709,7 +724,7 @@ def _edge_filter(tenant: str, category: str | None) -> qe.Filter:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class QdrantServerIndex:
+class QdrantServerIndex(_QueryReads):
     """A collection on a Qdrant server (or qdrant-client's local mode, which takes the same calls).
 
     The collection is created if missing (cosine, ``dim``, HNSW from ``hnsw``, keyword payload indexes on
@@ -786,22 +801,6 @@ class QdrantServerIndex:
         structs = [qm.PointStruct(id=uid, vector=vec, payload=payload) for uid, vec, payload in prepared]
         for start in range(0, len(structs), self._UPSERT_BATCH):
             self.client.upsert(self.collection, structs[start : start + self._UPSERT_BATCH], wait=True)
-
-    def search(
-        self,
-        vector: np.ndarray,
-        *,
-        tenant: str,
-        category: str | None,
-        limit: int,
-        exact: bool = False,
-        payload_fields: Sequence[str] | None = None,
-    ) -> list[Hit]:
-        with_payload = True if payload_fields is None else [KEY_FIELD, *payload_fields]
-        return [_hit(p.payload, p.score) for p in self._query(vector, tenant, category, limit, exact, with_payload)]
-
-    def nearest(self, vector: np.ndarray, *, tenant: str, category: str | None, limit: int) -> list[tuple[str, float]]:
-        return [(str(p.id), float(p.score)) for p in self._query(vector, tenant, category, limit, False, False)]
 
     def _query(
         self,

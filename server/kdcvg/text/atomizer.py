@@ -281,31 +281,25 @@ class Atomizer:
         phrase = text.rstrip(_TRAILING).strip()
         if not phrase or any(ch in _SENTENCE_END for ch in phrase):
             return None
-        first, _, rest = phrase.partition(" ")
-        low = first.lower()
+        low = phrase.partition(" ")[0].lower()
         if low.endswith("s") and self._verb_lemma(low) not in (None, low):  # "spins ...", "zooms out ..."
-            if first[:1].isupper() and first[1:].islower():
-                first = low
-            return f"It {first} {rest}".rstrip() + "."
+            return _it_sentence(phrase)
         if low in _DETERMINERS or low[:1].isdigit():
-            return phrase[:1].upper() + phrase[1:] + "."
-        return f"The {phrase}."
+            return _as_sentence(phrase)
+        return _the_sentence(phrase)
 
     def _templates(self, text: str, doc: Doc) -> list[_Candidate]:
         phrase = text.rstrip(_TRAILING).strip()
         cands = []
         if self._verb_initial(doc):
-            first, _, rest = phrase.partition(" ")
-            if first[:1].isupper() and first[1:].islower():
-                first = first.lower()
-            cands.append(_Candidate(f"It {first} {rest}".rstrip() + ".", 1, True))
+            cands.append(_Candidate(_it_sentence(phrase), 1, True))
         head = next((t for t in doc if not t.is_punct), None)
         if head is not None and head.pos_ in _OPENERS:
-            sentence = phrase[:1].upper() + phrase[1:] + "."
+            sentence = _as_sentence(phrase)
             if sentence != text:
                 cands.append(_Candidate(sentence, 0, False))
         else:
-            cands.append(_Candidate(f"The {phrase}.", 1, False))
+            cands.append(_Candidate(_the_sentence(phrase), 1, False))
         return cands
 
     def _last_resort(self, doc: Doc) -> list[SemanticUnit]:
@@ -584,6 +578,23 @@ class Atomizer:
             for t in doc[offset:]
             if t.pos_ == "VERB"
         )
+
+
+# The fallback templates (see the module docstring), shared by _templates and the guess ahead of the parse.
+def _it_sentence(phrase: str) -> str:
+    """'It {phrase}.' for a verb-first phrase; the placeholder 'It' maps back to an empty actor."""
+    first, _, rest = phrase.partition(" ")
+    if first[:1].isupper() and first[1:].islower():
+        first = first.lower()
+    return f"It {first} {rest}".rstrip() + "."
+
+
+def _as_sentence(phrase: str) -> str:
+    return phrase[:1].upper() + phrase[1:] + "."
+
+
+def _the_sentence(phrase: str) -> str:
+    return f"The {phrase}."
 
 
 def _normalise(text: str) -> str:
