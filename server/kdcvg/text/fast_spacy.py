@@ -3,7 +3,7 @@
 A selling point is 3-10 tokens. At that size spaCy's cost is not arithmetic but the way it is done: thinc
 runs the tok2vec as ~70 nested layer calls, and its BLIS products with 8-30 rows are slow (a 15 x 288 by
 288 x 288 product takes 56 us in BLIS and 16 us in PyTorch's CPU GEMM). ``accelerate`` keeps spaCy's
-pipeline and weights and changes two things:
+pipeline and weights and changes three things:
 
 - the tok2vec (hash embeddings -> maxout -> layer norm -> 4 residual window layers) is computed by one
   function that makes the same thinc calls in the same order (hashing, gather, padding, windows, maxout),
@@ -284,4 +284,4 @@ def _writable(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else np.array(a)
 
 
-__all__ = ["Tok2VecForward", "TorchGemmOps", "accelerate"]
+__all__ = ["RuleMatcher", "Tok2VecForward", "TorchGemmOps", "accelerate"]
