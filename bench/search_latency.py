@@ -15,7 +15,6 @@ import asyncio
 import multiprocessing
 import os
 import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -102,7 +101,6 @@ async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     await asyncio.to_thread(kb.units.loaded.wait)
     await asyncio.to_thread(kb.warm_up)  # as `kdcvg serve` does
     settle_heap()
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     try:
         seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
         conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)

@@ -59,12 +59,3 @@ def test_api_key_metadata_forms():
     assert keys.tenant_of(None) is None
     with pytest.raises(ValueError):
         ApiKeys({"": "acme"})
-
-
-def test_gil_switch_interval_is_a_positive_number_of_milliseconds(monkeypatch):
-    assert Settings().gil_switch_interval_ms == 0.5
-    monkeypatch.setenv("KDCVG_GIL_SWITCH_INTERVAL_MS", "2")
-    assert Settings().gil_switch_interval_ms == 2.0
-    monkeypatch.setenv("KDCVG_GIL_SWITCH_INTERVAL_MS", "0")
-    with pytest.raises(ValueError, match="greater than 0"):
-        Settings()

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,7 +314,6 @@ async def serve(settings: Settings) -> None:
     await asyncio.to_thread(running.kb.units.loaded.wait, 60.0)  # the unit table: 1-2 s at 100k entries
     await asyncio.to_thread(running.kb.warm_up)
     settle_heap()
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -61,12 +61,6 @@ class Settings(BaseSettings):
         "concurrent ones are batched; on a few shared cores a pool of two made Search's p99 1.5x longer",
     )
     encoder_spin: bool = Field(True, description="let ONNX Runtime's idle threads spin (its default)")
-    gil_switch_interval_ms: float = Field(
-        0.5,
-        gt=0,
-        description="Python's thread switch interval (its default is 5 ms). The parse of a new selling point "
-        "is CPU-bound Python beside the search's own thread; at 0.5 ms the search waits less for the GIL",
-    )
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32
     batch_max_wait_ms: float = Field(
