@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -197,18 +197,10 @@ _NOTHING_TO_DO = 3  # exit status of the optimiser process when the shard was al
 
 class _QueryReads:
     """search and nearest for a backend whose ``_query`` returns scored points (``.id``, ``.score``,
-    ``.payload``): both Qdrant engines answer in that shape."""
+    ``.payload``): both Qdrant engines answer in that shape. Subclasses define ``_query``."""
 
-    def _query(
-        self,
-        vector: np.ndarray,
-        tenant: str,
-        category: str | None,
-        limit: int,
-        exact: bool,
-        with_payload: bool | list[str],
-    ) -> list[Any]:
-        raise NotImplementedError
+    # (vector, tenant, category, limit, exact, with_payload) -> scored points
+    _query: Callable[[np.ndarray, str, str | None, int, bool, bool | list[str]], list[Any]]
 
     def search(
         self,
