@@ -173,6 +173,23 @@ async def test_search_ranks_from_the_unit_table_or_the_index(channel, server):
     assert points[0] not in kb.units
 
 
+def test_parser_thread_runs_torch_on_one_thread(server):
+    """The parser's thread runs PyTorch single-threaded (its OpenMP team waited for a core beside the
+    encoder); this thread and threads started later keep the process default."""
+    import threading
+
+    import torch
+
+    default = torch.get_num_threads()
+    assert server.kb._parser.submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == default
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [default]
+
+
 async def test_search_category_filter_and_tenancy(channel):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     food, c_food = clip(30, categories=["food_beverages"])

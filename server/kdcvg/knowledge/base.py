@@ -214,6 +214,7 @@ class KnowledgeBase:
         self._units_loader = threading.Thread(target=self._load_units, name="kdcvg-unit-table", daemon=True)
         self._units_loader.start()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="kdcvg-parse")  # the atomizer parses one at a time
+        _one_torch_thread(self._parser)
         self._ingest_locks: dict[str, asyncio.Lock] = {}
         # Motion priors live beside the entries (kdcvg.priors); these hooks keep the two in step.
         self.prior_exists: Callable[[str, str], bool] | None = None
@@ -554,6 +555,26 @@ class KnowledgeBase:
         self._parser.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         self.events.close()
+
+
+def _one_torch_thread(pool: ThreadPoolExecutor) -> None:
+    """Makes PyTorch run single-threaded in pool's thread (one thread), leaving every other thread's count.
+
+    The parser's small matrix products go through torch.mm (kdcvg.text.fast_spacy), which hands them to an
+    OpenMP team of one thread per core. Beside a busy encoder that team's second thread has no core to run
+    on, and each product waits for the scheduler: a new phrase's parse took 3.7-4.6 ms at p50 in the server
+    instead of 2.8-3.0 ms single-threaded (bench/RESULTS.md). torch.set_num_threads sets the calling thread's
+    OpenMP and MKL counts and a process-wide default that threads started later pick up; the default is
+    put back at once, from this thread, where the count was that default already."""
+    import torch
+
+    def single() -> None:
+        torch.get_num_threads()  # a thread's first call sets its counts from the default: done first
+        torch.set_num_threads(1)
+
+    default = torch.get_num_threads()
+    pool.submit(single).result()
+    torch.set_num_threads(default)
 
 
 def unit_strings(units: Sequence[SemanticUnit]) -> list[str]:
