@@ -190,6 +190,36 @@ def test_parser_thread_runs_torch_on_one_thread(server):
     assert later == [default]
 
 
+def test_parse_job_runs_once_and_never_after_cancel():
+    """A search's parse starts when its encoding does, at most once; a search cancelled before that never
+    parses, and asking for its units then raises CancelledError rather than hanging."""
+    from concurrent.futures import CancelledError, ThreadPoolExecutor
+
+    from kdcvg.knowledge.base import _ParseJob
+
+    calls: list[str] = []
+
+    def parse(text: str) -> list[list[str]]:
+        calls.append(text)
+        return [[text]]
+
+    with ThreadPoolExecutor(1) as pool:
+        job = _ParseJob(pool, parse, "spins left")
+        assert calls == []  # nothing runs until started
+        job.start()
+        job.start()
+        assert job.result() == [["spins left"]] and calls == ["spins left"]
+        job.cancel()  # after it ran: a no-op
+        assert job.result() == [["spins left"]]
+
+        cancelled = _ParseJob(pool, parse, "zooms in")
+        cancelled.cancel()
+        cancelled.start()
+        with pytest.raises(CancelledError):
+            cancelled.result()
+        assert calls == ["spins left"]
+
+
 async def test_search_category_filter_and_tenancy(channel):
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     food, c_food = clip(30, categories=["food_beverages"])
