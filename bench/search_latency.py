@@ -57,6 +57,22 @@ class SentenceTransformerEncoder:
         return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine, from /proc/stat; None where there is none."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])  # user..steal; guest time is inside user
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests between two cpu_times()."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
@@ -102,7 +118,9 @@ async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     await asyncio.to_thread(kb.warm_up)  # as `kdcvg serve` does
     settle_heap()
     try:
+        ticks = cpu_times()
         seq, _, stages = await run_load(running.port, qs[:n_seq], 1)
+        steal = steal_share(ticks, cpu_times())
         conc, wall, _ = await run_load(running.port, qs[:n_conc], 32)
     finally:
         await running.stop(1)
@@ -118,6 +136,7 @@ async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
         "conc": percentiles(conc),
         "qps": len(conc) / wall,
         "stages": stages,
+        "steal": steal,
     }
 
 
@@ -160,6 +179,8 @@ def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, args) -> l
         before = yardstick(encoder, qs)
         ours = asyncio.run(measure(make_kb(edge, encoder, Atomizer(), tmp / "ours"), qs, args.queries, args.queries))
         print(f"[{n}] yardstick before / after our stack: {before:.2f} / {yardstick(encoder, qs):.2f} ms")
+        if ours["steal"] is not None:
+            print(f"[{n}] CPU time stolen by the hypervisor during our sequential run: {ours['steal']:.1%}")
         from qdrant_client import QdrantClient
 
         local = QdrantServerIndex(QdrantClient(path=str(tmp / "qdrant-local")), "bench", dim=384)

@@ -596,8 +596,8 @@ def _one_torch_thread(pool: ThreadPoolExecutor) -> None:
 
     The parser's small matrix products go through torch.mm (kdcvg.text.fast_spacy), which hands them to an
     OpenMP team of one thread per core. Beside a busy encoder that team's second thread has no core to run
-    on, and each product waits for the scheduler: a new phrase's parse took 3.7-4.6 ms at p50 in the server
-    instead of 2.8-3.0 ms single-threaded (bench/RESULTS.md). torch.set_num_threads sets the calling thread's
+    on, and each product waits for the scheduler: in the server a new phrase's parse took 3.4-6.5 ms at p50
+    with two threads and 3.1-4.2 ms with one (bench/RESULTS.md). torch.set_num_threads sets the calling thread's
     OpenMP and MKL counts and a process-wide default that threads started later pick up; the default is
     put back at once, from this thread, where the count was that default already."""
     import torch
