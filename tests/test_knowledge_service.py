@@ -175,19 +175,25 @@ async def test_search_ranks_from_the_unit_table_or_the_index(channel, server):
 
 def test_parser_thread_runs_torch_on_one_thread(server):
     """The parser's thread runs PyTorch single-threaded (its OpenMP team waited for a core beside the
-    encoder); this thread and threads started later keep the process default."""
+    encoder); the thread that set it up and threads started later keep the process default."""
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
-    default = torch.get_num_threads()
+    from kdcvg.knowledge.base import _one_torch_thread
+
     assert server.kb._parser.submit(torch.get_num_threads).result() == 1
-    assert torch.get_num_threads() == default
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(1) as pool:
+        _one_torch_thread(pool)
+        assert pool.submit(torch.get_num_threads).result() == 1
+    assert torch.get_num_threads() == before
     later: list[int] = []
     thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
     thread.start()
     thread.join()
-    assert later == [default]
+    assert later == [before]
 
 
 def test_parse_job_runs_once_and_never_after_cancel():
