@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from _corpus import ROOT, Corpus, build_corpus, fill_index, queries  # noqa: E402
 
-from kdcvg.app import settle_heap, start  # noqa: E402
+from kdcvg.app import settle_heap, solo_encoder, start  # noqa: E402
 from kdcvg.config import Settings  # noqa: E402
 from kdcvg.knowledge.base import KnowledgeBase  # noqa: E402
 from kdcvg.knowledge.blobs import BlobStore  # noqa: E402
@@ -140,13 +140,15 @@ async def measure(kb: KnowledgeBase, qs: list, n_seq: int, n_conc: int) -> dict:
     }
 
 
-def make_kb(index, encoder, atomizer, tmp: Path) -> KnowledgeBase:  # noqa: ANN001
+def make_kb(index, encoder, atomizer, tmp: Path, solo=None) -> KnowledgeBase:  # noqa: ANN001
     return KnowledgeBase(
         index=index,
         blobs=BlobStore(tmp / "videos"),
         events=EventLog(tmp / "events.sqlite3"),
         encoder=encoder,
-        batcher=MicroBatcher(encoder, max_batch=Settings().batch_max_size, max_wait_ms=Settings().batch_max_wait_ms),
+        batcher=MicroBatcher(
+            encoder, max_batch=Settings().batch_max_size, max_wait_ms=Settings().batch_max_wait_ms, solo=solo
+        ),
         atomizer=atomizer,
     )
 
@@ -165,7 +167,7 @@ def yardstick(encoder: TextEncoder, qs: list) -> float:
     return float(np.percentile(ms, 50))
 
 
-def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, args) -> list[str]:  # noqa: ANN001
+def bench_size(n: int, corpus: Corpus, qs: list, encoder, solo, st_encoder, args) -> list[str]:  # noqa: ANN001
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -177,7 +179,9 @@ def bench_size(n: int, corpus: Corpus, qs: list, encoder, st_encoder, args) -> l
         # A fresh parser cache for each stack and size: a query's phrases are new to the server unless an
         # earlier query of this run had them (the sequential run comes first).
         before = yardstick(encoder, qs)
-        ours = asyncio.run(measure(make_kb(edge, encoder, Atomizer(), tmp / "ours"), qs, args.queries, args.queries))
+        ours = asyncio.run(
+            measure(make_kb(edge, encoder, Atomizer(), tmp / "ours", solo), qs, args.queries, args.queries)
+        )
         print(f"[{n}] yardstick before / after our stack: {before:.2f} / {yardstick(encoder, qs):.2f} ms")
         if ours["steal"] is not None:
             print(f"[{n}] CPU time stolen by the hypervisor during our sequential run: {ours['steal']:.1%}")
@@ -228,15 +232,18 @@ def main() -> None:
     encoder = TextEncoder.load(
         ROOT / ".cache" / "models", precision="int8", threads=defaults.encoder_threads, spin=defaults.encoder_spin
     )
+    solo = solo_encoder(defaults, encoder)  # as the server builds it
     st_encoder = SentenceTransformerEncoder()
     atomizer = Atomizer()
     qs = queries(max(args.queries, 200))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+    solo_threads = defaults.encoder_solo_threads if solo is not None else "off"
+    print(f"encoder threads: {defaults.encoder_threads}; a Search alone on the CPU: {solo_threads}")
     print(f"yardstick: the encoder alone, one query, p50 {yardstick(encoder, qs):.2f} ms")
     latency_rows, stage_rows = [], []
     for n in args.sizes:
         corpus = build_corpus(n, encoder, atomizer)
-        rows, stages = bench_size(n, corpus, qs, encoder, st_encoder, args)
+        rows, stages = bench_size(n, corpus, qs, encoder, solo, st_encoder, args)
         latency_rows += rows
         stage_rows += stages
         print("\n".join(rows))

@@ -173,6 +173,26 @@ async def test_search_ranks_from_the_unit_table_or_the_index(channel, server):
     assert points[0] not in kb.units
 
 
+async def test_a_search_alone_encodes_on_the_solo_session(channel, server):
+    """With its phrases parsed before and no other search in flight, a search encodes on the session with
+    more threads; a new phrase's search, whose parse runs beside the encoding, does not. Same answer."""
+    stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
+    kb = server.kb
+    for seed, motion in enumerate(["rotate", "bounce", "zoom_in"], 70):
+        video, creative = clip(seed, motions=[motion])
+        await ingest(stub, video, creative)
+    request = knowledge_pb2.SearchRequest(selling_points=["watch it spin round", "never seen before"], limit=3)
+    runs = kb.batcher.solo_runs
+    first = await stub.Search(request, metadata=auth())
+    assert first.stage_micros["parse"] > 500 and kb.batcher.solo_runs == runs  # parsed beside the encoding
+    again = await stub.Search(request, metadata=auth())
+    assert again.stage_micros["parse"] < 500 and kb.batcher.solo_runs == runs + 1
+    assert [r.entry.id for r in again.references] == [r.entry.id for r in first.references]
+    np.testing.assert_allclose(
+        [r.score.score for r in again.references], [r.score.score for r in first.references], atol=2e-3
+    )
+
+
 def test_parser_thread_runs_torch_on_one_thread(server):
     """The parser's thread runs PyTorch single-threaded (its OpenMP team waited for a core beside the
     encoder); the thread that set it up and threads started later keep the process default."""

@@ -390,6 +390,35 @@ async def test_close_finishes_queued_jobs_then_refuses(fp32):
         await batcher.encode("too late")
 
 
+def test_with_threads_opens_another_session_on_the_same_graph(int8):
+    from kdcvg.app import solo_encoder
+    from kdcvg.config import Settings
+
+    solo = solo_encoder(Settings(), int8)  # the server's default: 2 threads for a Search alone on the CPU
+    assert solo is not None and solo._session is not int8._session
+    assert solo.model_path == int8.model_path and solo.providers == int8.providers and solo.precision == "int8"
+    assert _cosines(solo.encode(SENTENCES), int8.encode(SENTENCES)).min() > 0.9999
+    assert solo_encoder(Settings(encoder_solo_threads=0), int8) is None
+    assert solo_encoder(Settings(encoder_solo_threads=1), int8) is None  # no more than encoder_threads
+    assert solo_encoder(Settings(encoder_threads=None), int8) is None  # already one thread per core
+
+
+async def test_a_claimed_call_alone_runs_on_the_solo_encoder(fp32):
+    main, solo = SlowEncoder(fp32), SlowEncoder(fp32)
+    batcher = MicroBatcher(main, solo=solo)
+    claim = batcher.try_claim()
+    alone = await asyncio.to_thread(batcher.encode_claimed, claim, ["free shipping"], alone=True)
+    assert solo.calls == [["free shipping"]] and main.calls == [] and batcher.solo_runs == 1
+    claim = batcher.try_claim()
+    assert claim is not None  # given back by the call alone
+    beside = await asyncio.to_thread(batcher.encode_claimed, claim, ["free shipping"])
+    assert main.calls == [["free shipping"]] and batcher.solo_runs == 1
+    np.testing.assert_allclose(alone, beside, atol=1e-6)
+    await batcher.encode("batches never use the solo encoder")
+    assert len(solo.calls) == 1 and len(main.calls) == 2
+    await batcher.close()
+
+
 async def test_an_idle_encoder_can_be_claimed_for_one_call(fp32):
     spy = SlowEncoder(fp32, delay=0.2)
     batcher = MicroBatcher(spy)

@@ -54,6 +54,17 @@ SERVICE_NAMES = (
 )
 
 
+def solo_encoder(settings: Settings, encoder: TextEncoder) -> TextEncoder | None:
+    """The encoder with ``encoder_solo_threads`` for a Search alone on the CPU (see MicroBatcher), or None
+    when that is off or the encoder is not on the CPU alone. Blocking: opens an ONNX Runtime session."""
+    threads = settings.encoder_threads
+    if getattr(encoder, "providers", None) != ["CPUExecutionProvider"] or threads is None:
+        return None
+    if settings.encoder_solo_threads <= threads:
+        return None
+    return encoder.with_threads(settings.encoder_solo_threads, spin=False)
+
+
 def build_knowledge_base(
     settings: Settings, encoder: TextEncoder | None = None, atomizer: Atomizer | None = None
 ) -> KnowledgeBase:
@@ -76,6 +87,7 @@ def build_knowledge_base(
         dim=encoder.dim,
         hnsw=HnswParams(m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, ef=settings.hnsw_ef),
     )
+    solo = solo_encoder(settings, encoder)
     limits = Limits(
         max_text_chars=settings.max_text_chars,
         max_caption_chars=settings.max_caption_chars,
@@ -90,7 +102,9 @@ def build_knowledge_base(
         blobs=BlobStore(data / "videos"),
         events=EventLog(data / "events.sqlite3"),
         encoder=encoder,
-        batcher=MicroBatcher(encoder, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms),
+        batcher=MicroBatcher(
+            encoder, max_batch=settings.batch_max_size, max_wait_ms=settings.batch_max_wait_ms, solo=solo
+        ),
         atomizer=atomizer or Atomizer(),
         limits=limits,
     )

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         "concurrent ones are batched; on a few shared cores a pool of two made Search's p99 1.5x longer",
     )
     encoder_spin: bool = Field(True, description="let ONNX Runtime's idle threads spin (its default)")
+    encoder_solo_threads: int = Field(
+        2,
+        ge=0,
+        description="ONNX Runtime threads (not spinning) for a Search that has the CPU encoder to itself: no "
+        "other search in flight and its phrases parsed before. 0 or no more than encoder_threads: off",
+    )
     encoder_cache_dir: Path | None = None
     batch_max_size: int = 32
     batch_max_wait_ms: float = Field(

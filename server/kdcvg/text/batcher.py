@@ -42,12 +42,18 @@ class Claim:
 class MicroBatcher:
     """Batches concurrent `encode` / `encode_many` calls into single encoder calls."""
 
-    def __init__(self, encoder: Encoder, *, max_batch: int = 32, max_wait_ms: float = 0.0) -> None:
+    def __init__(
+        self, encoder: Encoder, *, max_batch: int = 32, max_wait_ms: float = 0.0, solo: Encoder | None = None
+    ) -> None:
+        """``solo``: the same model with more intra-op threads, for a claimed call whose caller knows that
+        nothing else is running (``encode_claimed(..., alone=True)``); batches always use ``encoder``."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must not be negative")
         self._encode: Callable[[Sequence[str]], np.ndarray] = encoder.encode
+        self._encode_solo = solo.encode if solo is not None else encoder.encode
+        self.solo_runs = 0
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         # Counters for metrics.
@@ -88,10 +94,15 @@ class MicroBatcher:
         self._claim = Claim()
         return self._claim
 
-    def encode_claimed(self, claim: Claim, texts: Sequence[str]) -> np.ndarray:
-        """Encodes in the calling (worker) thread under ``claim``, then gives it back."""
+    def encode_claimed(self, claim: Claim, texts: Sequence[str], *, alone: bool = False) -> np.ndarray:
+        """Encodes in the calling (worker) thread under ``claim``, then gives it back. ``alone``: the caller
+        knows no other work is running, so the ``solo`` encoder (more threads) may take the idle cores."""
         try:
-            vectors = self._encode(list(texts))
+            if alone:
+                vectors = self._encode_solo(list(texts))
+                self.solo_runs += 1
+            else:
+                vectors = self._encode(list(texts))
         finally:
             self.release(claim)
         self.batches_run += 1

@@ -473,6 +473,29 @@ def _chunks(sorted_lengths: np.ndarray, batch_size: int) -> Iterator[slice]:
     yield slice(start, len(sorted_lengths))
 
 
+def _open_session(
+    path: Path, providers: Sequence[ProviderSpec], threads: int | None, spin: bool
+) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not spin:
+        # ORT's idle workers spin by default. With one thread it makes no difference; with two, spinning
+        # after each call took a core from the event loop and the load generator (2026-11-22, 2-core bench).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    dropped = [name for name in _names(providers) if name not in session.get_providers()]
+    if dropped:  # ORT falls back silently when e.g. the CUDA libraries fail to load
+        raise RuntimeError(
+            f"ONNX Runtime could not start execution provider(s) {dropped} (session runs on "
+            f"{session.get_providers()}); see the onnxruntime log above for the cause"
+        )
+    return session
+
+
 class TextEncoder:
     """Sentence and token embeddings from the cached ONNX graph. Thread-safe: ORT sessions are."""
 
@@ -485,8 +508,10 @@ class TextEncoder:
         model_path: Path,
         exported: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        requested_providers: Sequence[ProviderSpec] | None = None,
     ) -> None:
         self._session = session
+        self._requested = list(requested_providers) if requested_providers is not None else session.get_providers()
         self._tokenizer = tokenizer
         self.precision = precision
         self.model_path = model_path
@@ -519,29 +544,31 @@ class TextEncoder:
         model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         path, exported = ensure_model(Path(cache_dir), precision, model_dir)
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        if not spin:
-            # ORT's idle workers spin by default. Turning it off gave no clear change in Search latency on
-            # the 2-core bench (p99 29.8 vs 31.6 ms at 100k, within run-to-run noise, 2026-11-22); it is a
-            # knob for hosts where the encoder shares few cores with other busy threads.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
-        dropped = [name for name in _names(requested) if name not in session.get_providers()]
-        if dropped:  # ORT falls back silently when e.g. the CUDA libraries fail to load
-            raise RuntimeError(
-                f"ONNX Runtime could not start execution provider(s) {dropped} (session runs on "
-                f"{session.get_providers()}); see the onnxruntime log above for the cause"
-            )
-
+        session = _open_session(path, requested, threads, spin)
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         tokenizer.no_padding()  # tokenizer.json pads to 128; we pad per batch
         tokenizer.enable_truncation(max_length=max_seq_length(model_dir))
-        return cls(session, tokenizer, precision=precision, model_path=path, exported=exported, batch_size=batch_size)
+        return cls(
+            session,
+            tokenizer,
+            precision=precision,
+            model_path=path,
+            exported=exported,
+            batch_size=batch_size,
+            requested_providers=requested,
+        )
+
+    def with_threads(self, threads: int | None, *, spin: bool = True) -> TextEncoder:
+        """Another session on the same cached graph and providers with its own intra-op thread count; shares
+        the tokenizer. For callers that know when the cores are free (see MicroBatcher's ``solo``)."""
+        return TextEncoder(
+            _open_session(self.model_path, self._requested, threads, spin),
+            self._tokenizer,
+            precision=self.precision,
+            model_path=self.model_path,
+            batch_size=self.batch_size,
+            requested_providers=self._requested,
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised sentence embeddings, float32 (len(texts), dim), in the order given.
