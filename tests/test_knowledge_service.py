@@ -193,6 +193,24 @@ async def test_a_search_alone_encodes_on_the_solo_session(channel, server):
     )
 
 
+async def test_ingest_parses_on_the_parser_thread(channel, server, monkeypatch):
+    import threading
+
+    kb = server.kb
+    threads: list[str] = []
+    atomize_many = kb.atomizer.atomize_many
+
+    def spy(texts):
+        threads.append(threading.current_thread().name)
+        return atomize_many(texts)
+
+    monkeypatch.setattr(kb.atomizer, "atomize_many", spy)
+    video, creative = clip(80, motions=["pulse"])
+    entry = (await ingest(knowledge_pb2_grpc.KnowledgeServiceStub(channel), video, creative)).entry
+    assert threads and all(name.startswith("kdcvg-parse") for name in threads)
+    assert list(entry.units)
+
+
 def test_parser_thread_runs_torch_on_one_thread(server):
     """The parser's thread runs PyTorch single-threaded (its OpenMP team waited for a core beside the
     encoder); the thread that set it up and threads started later keep the process default."""

@@ -300,7 +300,9 @@ class KnowledgeBase:
         except VideoDecodeError as exc:
             raise InvalidInput(f"the upload is not a usable video: {exc}") from exc
         keyframes = await asyncio.to_thread(select_keyframes, video.frames)
-        per_text = await asyncio.to_thread(self.atomizer.atomize_many, [meta.caption, *meta.selling_points])
+        # On the parser's thread, as searches parse: PyTorch runs single-threaded there (see _one_torch_thread).
+        texts = [meta.caption, *meta.selling_points]
+        per_text = await asyncio.wrap_future(self._parser.submit(self.atomizer.atomize_many, texts))
         units = core_first(per_text)
         # Warm the unit cache now so searches that meet this entry find its unit vectors ready.
         await asyncio.to_thread(self.unit_cache.embed, unit_strings(units))
