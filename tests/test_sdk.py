@@ -489,6 +489,29 @@ async def test_async_retried_ingest_from_path(server: Server, tmp_path) -> None:
     _check_ingest(retried, VIDEO)
 
 
+def test_a_client_stream_cut_short_by_the_server_is_retried_as_unavailable() -> None:
+    """grpc-aio turns the server's status into INTERNAL when a write fails after the server ended the
+    stream (grpc/grpc#36066); the client retries idempotent streams on it and says what happened."""
+    import random
+
+    from kdcvg_client._retry import KNOWLEDGE, retry_delay
+    from kdcvg_client.errors import Internal, from_rpc_error
+
+    def internal(debug: str) -> grpc.aio.AioRpcError:
+        empty = grpc.aio.Metadata()
+        return grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, empty, empty, "Internal error from Core", debug)
+
+    cut = internal('Failed "execute_batch": (<grpc._cython.cygrpc.SendMessageOperation object at 0x7f>,)')
+    other = internal("some other internal failure")
+    policy, rng = RetryPolicy(initial_backoff=0.01, jitter=False), random.Random(0)
+    assert retry_delay(policy, KNOWLEDGE + "Ingest", cut, 1, None, rng) == pytest.approx(0.01)
+    assert retry_delay(policy, KNOWLEDGE + "Ingest", other, 1, None, rng) is None  # a real INTERNAL
+    assert retry_delay(policy, KNOWLEDGE + "Delete", cut, 1, None, rng) is None  # not retried on UNAVAILABLE
+    error = from_rpc_error(cut, KNOWLEDGE + "Ingest", attempts=3)
+    assert isinstance(error, Internal) and "ended the request stream" in str(error)
+    assert "Internal error from Core" in str(from_rpc_error(other, KNOWLEDGE + "Ingest"))
+
+
 async def test_async_generate_video(server: Server) -> None:
     async with AsyncKdcvgClient(config=server.config()) as c:
         video = await c.generate_video("flask", ["cold"], category=1)

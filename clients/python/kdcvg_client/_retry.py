@@ -64,6 +64,16 @@ def _is_size_limit(error: grpc.RpcError) -> bool:
     return "message larger than max" in (details or "")
 
 
+def lost_stream_status(error: grpc.RpcError) -> bool:
+    """True for grpc-aio's INTERNAL "Internal error from Core" on a client stream that the server ended (with
+    a status of its own) while the client was still writing: the failed write overwrites the server's
+    status (grpc/grpc#36066). The server's answer is unknown, so it is treated as UNAVAILABLE."""
+    if not hasattr(error, "code") or error.code() != Code.INTERNAL:
+        return False
+    debug = (error.debug_error_string() if hasattr(error, "debug_error_string") else "") or ""
+    return "execute_batch" in debug and "SendMessageOperation" in debug
+
+
 def retry_delay(
     policy: RetryPolicy,
     method: str,
@@ -74,6 +84,8 @@ def retry_delay(
 ) -> float | None:
     """Seconds to sleep before attempt ``attempt + 1``, or None when the error must be raised."""
     code = error.code() if hasattr(error, "code") else None
+    if lost_stream_status(error):
+        code = Code.UNAVAILABLE
     if code not in RETRY_CODES.get(method, ()) or attempt >= policy.max_attempts:
         return None
     if code == Code.RESOURCE_EXHAUSTED and _is_size_limit(error):

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import grpc
 
+from ._retry import lost_stream_status
+
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
@@ -142,5 +144,10 @@ def from_rpc_error(error: grpc.RpcError, method: str, *, attempts: int = 1) -> K
     # grpc.RpcError itself has no accessors; the errors the channels raise are also grpc.Call objects.
     code: grpc.StatusCode = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details: str = (error.details() if hasattr(error, "details") else None) or str(error)
+    if lost_stream_status(error):
+        details = (
+            "the server ended the request stream before the client had sent all of it, and grpc-aio lost "
+            "the server's status (grpc/grpc#36066); the sync client, or a retry, reports the server's reason"
+        )
     trailing = _metadata(error.trailing_metadata() if hasattr(error, "trailing_metadata") else None)
     return error_class(code)(details, method=method, code=code, trailing_metadata=trailing, attempts=attempts)

@@ -474,7 +474,7 @@ class KnowledgeBase:
                 # go of the GIL at once, so the parse starts about as early.
                 parse.start()
             # Alone (no parse beside it, no other search in flight) the encoder may use the idle core too:
-            # 0.3-0.6 ms less at p50 on 2 cores; beside a parse the two threads fight over the cores.
+            # 0.3-0.8 ms less at p50 on 2 cores; beside a parse the two threads fight over the cores.
             alone = parse is None and self._searches == 1
             t0 = time.perf_counter()
             vector = self.batcher.encode_claimed(vector[0], [vector[1]], alone=alone)[0]
