@@ -10,7 +10,7 @@ from test_atomizer import EVERYTHING
 from thinc.api import Linear, NumpyOps, chain
 
 from kdcvg.data.creatives import describe, sample_spec
-from kdcvg.text.fast_spacy import RuleMatcher, Tok2VecForward, TorchGemmOps, accelerate
+from kdcvg.text.fast_spacy import OrtTok2Vec, RuleMatcher, Tok2VecForward, TorchGemmOps, accelerate
 
 
 def _load():
@@ -52,6 +52,21 @@ def test_tok2vec_output_matches_spacy(pipelines):
         for w, g in zip(want, got, strict=True):
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_allclose(g, w, atol=1e-4, rtol=0)
+
+
+def test_the_onnx_tok2vec_is_installed_and_matches_the_numpy_one(pipelines):
+    plain, fast = pipelines
+    installed = fast.get_pipe("tok2vec").predict
+    assert isinstance(installed, OrtTok2Vec)  # onnxruntime is a dependency; numpy is the fallback
+    numpy_path = installed.forward
+    docs = [plain.make_doc(t) for t in _ad_texts()]
+    for batch in (docs[:1], docs[:3], docs[:40], [plain.make_doc(""), docs[0], plain.make_doc("")]):
+        for a, b in zip(installed(batch), numpy_path(batch), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert [x.shape for x in installed([plain.make_doc(""), plain.make_doc(" ")])] == [
+        x.shape for x in numpy_path([plain.make_doc(""), plain.make_doc(" ")])
+    ]
 
 
 def test_parses_are_the_same_one_by_one_and_batched(pipelines):
