@@ -69,6 +69,21 @@ def test_the_onnx_tok2vec_is_installed_and_matches_the_numpy_one(pipelines):
     ]
 
 
+def test_accelerate_falls_back_to_the_numpy_forward_when_the_graph_fails(monkeypatch):
+    from kdcvg.text import fast_spacy
+
+    def broken(self, docs):  # noqa: ANN001, ANN202
+        raise RuntimeError("this onnxruntime cannot run the graph")
+
+    monkeypatch.setattr(fast_spacy.OrtTok2Vec, "__call__", broken)
+    nlp = _load()
+    assert accelerate(nlp)
+    assert type(nlp.get_pipe("tok2vec").predict) is Tok2VecForward
+    docs = [nlp.make_doc(t) for t in ("spins to show every angle", "50% off today")]
+    for a, b in zip(nlp.get_pipe("tok2vec").predict(docs), nlp.get_pipe("tok2vec").model.predict(docs), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
 def test_parses_are_the_same_one_by_one_and_batched(pipelines):
     plain, fast = pipelines
     texts = _ad_texts()

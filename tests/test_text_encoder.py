@@ -417,6 +417,11 @@ async def test_a_claimed_call_alone_runs_on_the_solo_encoder(fp32):
     await batcher.encode("batches never use the solo encoder")
     assert len(solo.calls) == 1 and len(main.calls) == 2
     await batcher.close()
+    plain = MicroBatcher(main)  # no solo encoder: a call alone runs on the one there is
+    vectors = await asyncio.to_thread(plain.encode_claimed, plain.try_claim(), ["free shipping"], alone=True)
+    assert len(main.calls) == 3 and plain.solo_runs == 0
+    np.testing.assert_allclose(vectors, alone, atol=1e-6)
+    await plain.close()
 
 
 async def test_an_idle_encoder_can_be_claimed_for_one_call(fp32):

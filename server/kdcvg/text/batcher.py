@@ -52,8 +52,8 @@ class MicroBatcher:
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must not be negative")
         self._encode: Callable[[Sequence[str]], np.ndarray] = encoder.encode
-        self._encode_solo = solo.encode if solo is not None else encoder.encode
-        self.solo_runs = 0
+        self._encode_solo: Callable[[Sequence[str]], np.ndarray] | None = solo.encode if solo is not None else None
+        self.solo_runs = 0  # calls on the solo encoder
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         # Counters for metrics.
@@ -98,7 +98,7 @@ class MicroBatcher:
         """Encodes in the calling (worker) thread under ``claim``, then gives it back. ``alone``: the caller
         knows no other work is running, so the ``solo`` encoder (more threads) may take the idle cores."""
         try:
-            if alone:
+            if alone and self._encode_solo is not None:
                 vectors = self._encode_solo(list(texts))
                 self.solo_runs += 1
             else:
