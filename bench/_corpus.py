@@ -17,6 +17,7 @@ from tqdm import tqdm
 from kdcvg.data.creatives import describe, sample_spec
 from kdcvg.knowledge.base import Entry, core_first, entry_text, point_key
 from kdcvg.knowledge.index import IndexPoint, VectorIndex
+from kdcvg.text.atomizer import VERSION as ATOMIZER_VERSION
 from kdcvg.text.atomizer import Atomizer
 from kdcvg.text.encoder import TextEncoder
 
@@ -42,9 +43,9 @@ def _atomize_unique(atomizer: Atomizer, texts: list[str]) -> dict[str, list]:
 
 
 def build_corpus(n: int, encoder: TextEncoder, atomizer: Atomizer, *, seed0: int = 1_000_000) -> Corpus:
-    """n entries from seeds seed0..seed0+n-1; cached by (n, seed0, encoder precision)."""
+    """n entries from seeds seed0..seed0+n-1; cached by (n, seed0, encoder precision, atomizer version)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    tag = f"{n}-{seed0}-{getattr(encoder, 'precision', 'enc')}"
+    tag = f"{n}-{seed0}-{getattr(encoder, 'precision', 'enc')}-units{ATOMIZER_VERSION}"
     vec_path, meta_path = CACHE / f"corpus-{tag}.npy", CACHE / f"corpus-{tag}.jsonl"
     if vec_path.exists() and meta_path.exists():
         entries = [Entry.from_payload(json.loads(line)) for line in meta_path.read_text().splitlines()]

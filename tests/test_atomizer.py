@@ -45,6 +45,19 @@ CORE = [
     ("slow motion pour", "pour", "", ""),
     ("SPINS TO SHOW EVERY ANGLE", "spin", "", ""),
     ('"Spins!"', "spin", "", ""),
+    # "left" after a motion word or a preposition is a direction the small model reads as the verb "leave".
+    ("slides left into the spotlight", "slide left", "", "spotlight"),
+    ("sweeps left across the screen", "sweep left", "", "screen"),
+    ("A phone slides left across the frame.", "slide left", "phone", "frame"),
+    ("the jar jiggles left and right", "jiggle", "jar", ""),  # to and fro: no one direction
+    ("A silver jar of honey jiggles left and right.", "jiggle", "jar", ""),
+    ("the phone slides left", "slide left", "phone", ""),
+    ("bobs up and down", "bob", "", ""),
+    ("slides from left to right", "slide right", "", ""),
+    ("A red shoe slides from right to left.", "slide left", "shoe", ""),
+    ("sweeps right across the frame", "sweep right", "", "frame"),
+    ("slides right into the spotlight", "slide right", "", "spotlight"),
+    ("jumps right off the floor", "jump", "", "floor"),  # "right" only stresses "off"
 ]
 
 # No verb at all: one unit, empty motion, the head noun (if any) as actor. Nouns that are also verbs
@@ -215,3 +228,9 @@ def test_a_fragment_with_a_guessed_template_takes_one_spacy_batch(atomizer: Atom
         assert at.atomize("zooms out to show the whole box")[0].motion == "zoom out"
     assert batches[False] == [["zooms out to show the whole box"], ["It zooms out to show the whole box."]]
     assert batches[True] == [["zooms out to show the whole box", "It zooms out to show the whole box."]]
+
+
+def test_left_as_a_verb_stays_a_verb(atomizer: Atomizer):
+    """The repair of misread directions leaves "left" alone where it is the verb."""
+    assert core(atomizer.atomize("the bottle was left on the table")).motion == "leave"
+    assert core(atomizer.atomize("glass bottles left on a table")).motion == "leave"

@@ -400,3 +400,19 @@ def test_edge_auto_optimize_in_background(tmp_path, rng):
         assert idx.unindexed() < 300 and idx.count("t") == 400
     finally:
         idx.close()
+
+
+def test_set_payload_changes_only_the_named_fields(index, rng):
+    """What the knowledge base's re-atomizing writes with: fields by point id, the rest untouched, a point
+    deleted meanwhile no error."""
+    points = make_points(unit(rng, 6), "a")
+    index.upsert(points)
+    ids = [point_uuid("a", p.id) for p in points[:2]]
+    index.set_payload([*ids, point_uuid("a", "a/missing")], {"units": [["slide left", "", "", True]], "v": 2})
+    got = index.payloads([point_uuid("a", p.id) for p in points[:3]], ["units", "v", "n", "category"])
+    for i, p in enumerate(points[:2]):
+        want = {"units": [["slide left", "", "", True]], "v": 2, "n": i, "category": p.payload["category"]}
+        assert got[ids[i]] == want
+    assert "units" not in got[point_uuid("a", points[2].id)]
+    assert index.count("a") == 6
+    index.set_payload([], {"v": 3})  # nothing to do

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from kdcvg.retrieval.ranking import (
     rank_cosine,
 )
 from kdcvg.retrieval.unit_table import UnitTable
+from kdcvg.text.atomizer import VERSION as ATOMIZER_VERSION
 from kdcvg.text.atomizer import Atomizer, SemanticUnit
 from kdcvg.text.batcher import Claim, MicroBatcher
 from kdcvg.text.encoder import TextEncoder
@@ -91,6 +92,7 @@ class Entry:
     video_bytes: int
     created_ms: int
     has_prior: bool = False
+    units_version: int = ATOMIZER_VERSION  # the atomizer's VERSION that made ``units``
 
     def payload(self) -> dict:
         data = asdict(self)
@@ -101,6 +103,7 @@ class Entry:
     def from_payload(cls, payload: dict) -> Entry:
         data = dict(payload)
         data["units"] = [SemanticUnit(m, a, r, bool(c)) for m, a, r, c in data.get("units", [])]
+        data["units_version"] = units_version(data)
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -118,6 +121,14 @@ class SearchResult:
     retrieval_id: str
     candidates: int
     stage_micros: dict[str, int]
+
+
+def units_version(payload: dict) -> int:
+    """The atomizer version of a stored entry's units; entries from before versions were kept are 1."""
+    try:
+        return int(payload.get("units_version", 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def point_key(tenant: str, entry_id: str) -> str:
@@ -228,10 +239,49 @@ class KnowledgeBase:
         self.atomizer.warm_up()
 
     def _load_units(self) -> None:
+        stale: list[str] = []
+
+        def pages() -> Iterator[list[tuple[str, dict]]]:
+            for page in self.index.scan([KEY_FIELD, "units", "units_version"]):
+                stale.extend(pid for pid, payload in page if units_version(payload) < ATOMIZER_VERSION)
+                yield page
+
         try:
-            self.units.load(self.index.scan([KEY_FIELD, "units"]), KEY_FIELD)
+            self.units.load(pages(), KEY_FIELD)
         except Exception:  # e.g. the index closed while loading; searches read what is missing instead
             log.warning("unit table: loading stopped early", exc_info=True)
+            return
+        if stale:
+            self.reatomize(stale)
+
+    def reatomize(self, point_ids: Sequence[str]) -> int:
+        """Recomputes the units of entries atomized by an older atomizer (by point id) from their stored
+        caption and selling points, and stores them with the current version. The server runs this in the
+        background at start for every such entry; each entry's parse queues on the parser's thread like a
+        search's, so searches keep going. Blocking; returns how many entries it updated. Stops early, with
+        what is done kept, when the knowledge base closes."""
+        t0, done = time.perf_counter(), 0
+        log.warning(
+            "re-atomizing entries whose units an older atomizer made",
+            extra={"entries": len(point_ids), "atomizer_version": ATOMIZER_VERSION},
+        )
+        try:
+            for start in range(0, len(point_ids), 64):
+                found = self.index.payloads(point_ids[start : start + 64], [KEY_FIELD, "caption", "selling_points"])
+                for pid, payload in found.items():
+                    texts = [str(payload.get("caption", "")), *map(str, payload.get("selling_points") or [])]
+                    units = core_first(self._parser.submit(self.atomizer.atomize_many, texts).result())
+                    stored = [[u.motion, u.actor, u.recipient, u.core] for u in units]
+                    self.index.set_payload([pid], {"units": stored, "units_version": ATOMIZER_VERSION})
+                    if pid in self.units:
+                        self.units.discard([pid])
+                        self.units.add([(pid, str(payload.get(KEY_FIELD, "")).rsplit("/", 1)[-1], units)])
+                    done += 1
+        except RuntimeError:  # the parser or the index shut down: the rest waits for the next start
+            log.warning("re-atomizing stopped at shutdown", extra={"updated": done, "left": len(point_ids) - done})
+            return done
+        log.info("re-atomized entries", extra={"updated": done, "seconds": round(time.perf_counter() - t0, 2)})
+        return done
 
     # --- validation -----------------------------------------------------------------------------------
 

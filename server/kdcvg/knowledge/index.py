@@ -120,6 +120,11 @@ class VectorIndex(Protocol):
 
     def delete(self, ids: Sequence[str], *, tenant: str) -> None: ...
 
+    def set_payload(self, point_ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Sets those payload fields (others stay) on the points by point id that still exist (of any
+        tenant; for internal migrations only)."""
+        ...
+
     def count(self, tenant: str | None = None) -> int: ...
 
     def optimize(self) -> None: ...
@@ -468,6 +473,13 @@ class EdgeIndex(_QueryReads):
         uuids = {point_uuid(tenant, i) for i in ids}
         flt = qe.Filter(must=[qe.HasIdCondition(uuids), _edge_match(TENANT_FIELD, tenant)])
         self._apply(qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def set_payload(self, point_ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if not point_ids:
+            return
+        # By filter: a point deleted meanwhile is no error.
+        flt = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
+        self._apply(qe.UpdateOperation.set_payload_by_filter(flt, payload))
 
     def _apply(self, op: qe.UpdateOperation) -> None:
         with self._update_lock:
@@ -866,6 +878,12 @@ class QdrantServerIndex(_QueryReads):
             ]
         )
         self.client.delete(self.collection, qm.FilterSelector(filter=flt), wait=True)
+
+    def set_payload(self, point_ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if not point_ids:
+            return
+        flt = qm.Filter(must=[qm.HasIdCondition(has_id=list(point_ids))])
+        self.client.set_payload(self.collection, payload, points=qm.FilterSelector(filter=flt), wait=True)
 
     def count(self, tenant: str | None = None) -> int:
         flt = None if tenant is None else qm.Filter(must=[_server_match(TENANT_FIELD, tenant)])

@@ -46,6 +46,10 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Token
 
+# Bumped whenever a change gives some text other units. Entries keep the version their units came from;
+# a server re-atomizes older ones in the background (KnowledgeBase). 2: directions misread as "leave".
+VERSION = 2
+
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
 # the rule lemmatizer reads) and lemmatizer; NER is not used. Dropping the lemmatizer saves only ~0.1 ms.
 _EXCLUDE = ["ner", "senter"]
@@ -74,6 +78,15 @@ _DIRECTIONS = frozenset(
 # "to the top" moves up: the direction nouns after to/toward(s), as the particle they amount to.
 _DIRECTION_NOUNS = {"left": "left", "right": "right", "top": "up", "bottom": "down", "front": "forward"}
 _PARTICLES = _DIRECTIONS - {"left", "right", "back"}  # "up" is never a thing; "the back" may be
+# Directions the small model reads as a verb: right after a motion word ("slides left into the spotlight":
+# a noun "slides" and the verb "leave"; "the jar jiggles left and right") or after a preposition ("from
+# right to left"). `_read_directions` repairs them.
+_MISREAD_DIRECTIONS = frozenset({"left"})
+_DIRECTION_PREPS = frozenset({"to", "toward", "towards", "from"})
+_SIDES = frozenset({"left", "right"})
+_OPPOSITES = {"left": "right", "right": "left", "up": "down", "down": "up", "in": "out", "out": "in"}
+_PATH_PREPS = frozenset({"across", "along"})
+_SIDEWAYS = frozenset("slide glide sweep pan scroll swipe drift roll shift swing".split())
 _TO_PREPS = frozenset({"to", "toward", "towards"})
 _EMPTY_PRONOUNS = frozenset(
     "it its itself this that these those they them themselves which who whom whose what something "
@@ -103,7 +116,7 @@ MOTION_VERBS = frozenset(
     speed cruise sizzle grill fry bake boil simmer roast cook knead glide emerge appear disappear vanish
     enter exit approach circle scatter gather collapse swell ripple splash wobble drizzle tug whirl whip
     dip dunk soak ooze gush pump spritz lather scoop swish flutter flap glisten twinkle rattle stomp step
-    stride strut dart zap
+    stride strut dart zap jiggle
     """.split()
 )
 _WS = re.compile(r"\s+")
@@ -222,7 +235,62 @@ class Atomizer:
                 proc.set_annotations(docs, proc.predict(docs))
             else:
                 docs = [proc(doc) for doc in docs]
-        return docs
+        return [self._read_directions(doc) for doc in docs]
+
+    def _read_directions(self, doc: Doc) -> Doc:
+        """``doc`` with each direction misread as a verb after a motion word (see _MISREAD_DIRECTIONS) made
+        that word's adverb, the motion word its verb: it takes the misread verb's place in the tree and its
+        dependents (bar a coordination: "left and right"). ``doc`` itself when there is none, or when the
+        repair would not leave a tree."""
+        low = doc.text.lower()
+        if not any(word in low for word in _MISREAD_DIRECTIONS):
+            return doc
+        fixes = [
+            t.i
+            for t in doc[1:]
+            if t.lower_ in _MISREAD_DIRECTIONS
+            and t.pos_ == "VERB"
+            and (doc[t.i - 1].lower_ in _DIRECTION_PREPS or self._is_motion_word(doc[t.i - 1]))
+        ]
+        if not fixes:
+            return doc
+        heads = [t.head.i for t in doc]
+        deps = [t.dep_ for t in doc]
+        pos = [t.pos_ for t in doc]
+        tags = [t.tag_ for t in doc]
+        lemmas = [t.lemma_ for t in doc]
+        for d in fixes:
+            m = d - 1
+            if doc[m].lower_ in _DIRECTION_PREPS:
+                # "to left": the direction is the preposition's object; what hung on the verb goes up a level.
+                for c in range(len(doc)):
+                    if heads[c] == d and c != m:
+                        heads[c] = heads[m]
+                heads[d], deps[d], pos[d], tags[d], lemmas[d] = m, "pobj", "NOUN", "NN", doc[d].lower_
+                continue
+            if heads[d] != m:
+                heads[m], deps[m] = (m, "ROOT") if heads[d] == d else (heads[d], deps[d])
+            for c in range(len(doc)):
+                if heads[c] == d and c not in (d, m) and deps[c] not in ("cc", "conj"):
+                    heads[c] = m
+            heads[d], deps[d], pos[d], tags[d], lemmas[d] = m, "advmod", "ADV", "RB", doc[d].lower_
+            word = doc[m].lower_
+            pos[m], tags[m], lemmas[m] = "VERB", _verb_tag(word), self._verb_lemma(word) or word
+        if not _is_tree(heads):
+            return doc
+        return Doc(
+            doc.vocab,
+            words=[t.text for t in doc],
+            spaces=[bool(t.whitespace_) for t in doc],
+            heads=heads,
+            deps=deps,
+            pos=pos,
+            tags=tags,
+            lemmas=lemmas,
+        )
+
+    def _is_motion_word(self, t: Token) -> bool:
+        return t.is_alpha and self._verb_lemma(t.lower_) in MOTION_VERBS
 
     def _atomize_uncached(self, texts: list[str]) -> list[list[SemanticUnit]]:
         # A terse fragment is parsed twice: as given, then as a template sentence ("It spins ..."). The
@@ -449,11 +517,25 @@ class Atomizer:
                 return c.lower_, {c.i}
             if c.lower_ in _DIRECTIONS and c.dep_ in ("advmod", "acomp", "npadvmod", "dep", "prep"):
                 if c.dep_ != "prep" or not any(g.dep_ == "pobj" for g in c.children):
+                    # "jiggles left and right", "bobs up and down": to and fro, no one direction.
+                    if (other := _and_back(c)) is not None:
+                        return "", {c.i, other}
                     return c.lower_, {c.i}
-            if c.dep_ == "prep" and c.lower_ in _TO_PREPS:
-                obj = next((g for g in c.children if g.dep_ == "pobj"), None)
-                if obj is not None and obj.lower_ in _DIRECTION_NOUNS:
-                    return _DIRECTION_NOUNS[obj.lower_], {c.i, obj.i}
+            if c.dep_ != "prep":
+                continue
+            if c.lower_ in _TO_PREPS and (direction := _direction_object(c)):
+                return direction
+            # "sweeps right across the frame": the direction hangs on the preposition after it. "Right" may
+            # only stress it ("jumps right off the floor") unless the verb moves sideways or along a path.
+            ahead = next((g for g in c.lefts if g.dep_ == "advmod" and g.lower_ in _SIDES), None)
+            if ahead is not None and (
+                ahead.lower_ == "left" or c.lower_ in _PATH_PREPS or self._verb_lemma(v.lower_) in _SIDEWAYS
+            ):
+                return ahead.lower_, {ahead.i}
+            if c.lower_ == "from":  # "from right to left": where it goes
+                to = next((t for t in c.subtree if t.dep_ == "prep" and t.lower_ in _TO_PREPS), None)
+                if to is not None and (direction := _direction_object(to)):
+                    return direction[0], {t.i for t in c.subtree}
         return "", set()
 
     def _actors(self, v: Token, offset: int, pseudo: set[int], memo: dict[int, list[str]]) -> list[str]:
@@ -502,6 +584,8 @@ class Atomizer:
         )
         for p in preps:
             for g in p.children:
+                if p.lower_ in _DIRECTION_PREPS and g.lower_ in _DIRECTION_NOUNS:
+                    continue  # "from left to right" names a way, not a thing
                 if g.dep_ == "pobj" and g.i not in used:
                     name = self._nominal(g, offset, pseudo)
                     if name:
@@ -645,6 +729,45 @@ def _first_content(doc: Doc, offset: int) -> int | None:
     return next((t.i for t in doc[offset:] if t.pos_ not in ("ADV", "PUNCT", "SPACE")), None)
 
 
+def _direction_object(prep: Token) -> tuple[str, set[int]] | None:
+    """("left", its tokens) for "to the left", "towards the top" ("up")...; None for any other object."""
+    obj = next((g for g in prep.children if g.dep_ == "pobj"), None)
+    if obj is None or obj.lower_ not in _DIRECTION_NOUNS:
+        return None
+    return _DIRECTION_NOUNS[obj.lower_], {prep.i, obj.i}
+
+
+def _and_back(direction: Token) -> int | None:
+    """The index of the opposite direction in "left and right", "up or down"; None when there is none."""
+    doc, i = direction.doc, direction.i
+    if (
+        i + 2 < len(doc)
+        and doc[i + 1].lower_ in ("and", "or")
+        and _OPPOSITES.get(doc[i + 2].lower_) == direction.lower_
+    ):
+        return i + 2
+    return None
+
+
+def _verb_tag(word: str) -> str:
+    if word.endswith("ing"):
+        return "VBG"
+    if word.endswith("ed"):
+        return "VBD"
+    return "VBZ" if word.endswith("s") else "VB"
+
+
+def _is_tree(heads: list[int]) -> bool:
+    """Whether every token reaches a root (a token that is its own head) without a cycle."""
+    for i in range(len(heads)):
+        j, steps = i, 0
+        while heads[j] != j:
+            j, steps = heads[j], steps + 1
+            if steps > len(heads):
+                return False
+    return True
+
+
 def _depth(t: Token) -> int:
     depth = 0
     while t.head.i != t.i and depth < 64:
@@ -660,4 +783,4 @@ def _conjuncts(t: Token) -> Iterable[Token]:
             yield from _conjuncts(c)
 
 
-__all__ = ["MOTION_VERBS", "Atomizer", "SemanticUnit"]
+__all__ = ["MOTION_VERBS", "VERSION", "Atomizer", "SemanticUnit"]
