@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -99,3 +100,19 @@ def unit_motions(kb, pid: str) -> set[str]:
 def test_entries_without_a_version_read_as_version_one():
     assert Entry.from_payload(stored_entry("d" * 64, [], None)).units_version == 1
     assert Entry.from_payload(stored_entry("d" * 64, [], VERSION)).units_version == VERSION
+
+
+def test_reatomize_after_close_stops_quietly(settings, encoder, atomizer, caplog):
+    """A shutdown in the middle leaves the rest for the next start; it never raises into the server."""
+    from kdcvg.app import build_knowledge_base
+
+    kb = build_knowledge_base(settings, encoder=encoder, atomizer=atomizer)
+    pid = point_uuid(TENANT, point_key(TENANT, "e" * 64))
+    kb.index.upsert(
+        [IndexPoint(point_key(TENANT, "e" * 64), encoder.encode([CAPTION])[0], stored_entry("e" * 64, [], 1))]
+    )
+    kb.close()
+    with caplog.at_level(logging.WARNING, logger="kdcvg"):
+        assert kb.reatomize([pid]) == 0
+    assert "re-atomizing stopped at shutdown" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

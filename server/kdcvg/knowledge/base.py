@@ -228,6 +228,7 @@ class KnowledgeBase:
         _one_torch_thread(self._parser)
         self._ingest_locks: dict[str, asyncio.Lock] = {}
         self._searches = 0  # in flight; changed on the event loop only
+        self._closing = False
         # Motion priors live beside the entries (kdcvg.priors); these hooks keep the two in step.
         self.prior_exists: Callable[[str, str], bool] | None = None
         self.on_delete: list[Callable[[str, str], None]] = []
@@ -277,8 +278,12 @@ class KnowledgeBase:
                         self.units.discard([pid])
                         self.units.add([(pid, str(payload.get(KEY_FIELD, "")).rsplit("/", 1)[-1], units)])
                     done += 1
-        except RuntimeError:  # the parser or the index shut down: the rest waits for the next start
-            log.warning("re-atomizing stopped at shutdown", extra={"updated": done, "left": len(point_ids) - done})
+        except Exception:  # never takes the server down; the next start does the rest
+            left = {"updated": done, "left": len(point_ids) - done}
+            if self._closing:  # the parser or the index shut down under it
+                log.warning("re-atomizing stopped at shutdown", extra=left)
+            else:
+                log.exception("re-atomizing failed", extra=left)
             return done
         log.info("re-atomized entries", extra={"updated": done, "seconds": round(time.perf_counter() - t0, 2)})
         return done
@@ -617,6 +622,7 @@ class KnowledgeBase:
         return self.events.add_feedback(tenant, retrieval_id.strip(), entry_id, float(reward), note).event_id
 
     def close(self) -> None:
+        self._closing = True
         self._parser.shutdown(wait=False, cancel_futures=True)
         self.index.close()
         self.events.close()
