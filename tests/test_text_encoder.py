@@ -424,6 +424,41 @@ async def test_a_claimed_call_alone_runs_on_the_solo_encoder(fp32):
     await plain.close()
 
 
+def test_prepare_tokenizes_first_then_runs_the_model(fp32):
+    """encode in two steps gives the same vectors; the model runs only in the second."""
+    texts = ["free shipping", "a bottle spins slowly on a marble table", "50% off"]
+    runs = fp32.runs
+    run = fp32.prepare(texts)
+    assert fp32.runs == runs  # tokenized only
+    np.testing.assert_array_equal(run(), fp32.encode(texts))
+    assert fp32.prepare([])().shape == (0, 384)
+    with pytest.raises(TypeError):
+        fp32.prepare("one string")
+
+
+async def test_a_claimed_call_signals_ready_between_tokenizing_and_the_run(fp32):
+    events: list[str] = []
+    runs_at_ready: list[int] = []
+    batcher = MicroBatcher(fp32)
+
+    def ready() -> None:
+        events.append("ready")
+        runs_at_ready.append(fp32.runs)
+
+    runs = fp32.runs
+    vectors = await asyncio.to_thread(batcher.encode_claimed, batcher.try_claim(), ["free shipping"], ready=ready)
+    assert events == ["ready"] and runs_at_ready == [runs] and fp32.runs == runs + 1
+    np.testing.assert_array_equal(vectors, fp32.encode(["free shipping"]))
+    # An encoder without prepare (any object with encode): ready comes before the call.
+    spy = SlowEncoder(fp32)
+    plain = MicroBatcher(spy)
+    claim = plain.try_claim()
+    await asyncio.to_thread(plain.encode_claimed, claim, ["free shipping"], ready=lambda: events.append(len(spy.calls)))
+    assert events == ["ready", 0] and len(spy.calls) == 1
+    await batcher.close()
+    await plain.close()
+
+
 async def test_an_idle_encoder_can_be_claimed_for_one_call(fp32):
     spy = SlowEncoder(fp32, delay=0.2)
     batcher = MicroBatcher(spy)

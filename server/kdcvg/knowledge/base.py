@@ -259,8 +259,8 @@ class KnowledgeBase:
         """Recomputes the units of entries atomized by an older atomizer (by point id) from their stored
         caption and selling points, and stores them with the current version. The server runs this in the
         background at start for every such entry; each entry's parse queues on the parser's thread like a
-        search's, so searches keep going. Blocking; returns how many entries it updated. Stops early, with
-        what is done kept, when the knowledge base closes."""
+        search's, and takes at most half of that thread's time, so searches keep going. Blocking; returns
+        how many entries it updated. Stops early, with what is done kept, when the knowledge base closes."""
         t0, done = time.perf_counter(), 0
         log.warning(
             "re-atomizing entries whose units an older atomizer made",
@@ -271,7 +271,11 @@ class KnowledgeBase:
                 found = self.index.payloads(point_ids[start : start + 64], [KEY_FIELD, "caption", "selling_points"])
                 for pid, payload in found.items():
                     texts = [str(payload.get("caption", "")), *map(str, payload.get("selling_points") or [])]
+                    t1 = time.perf_counter()
                     units = core_first(self._parser.submit(self.atomizer.atomize_many, texts).result())
+                    # Half the parser's time at most: while a parse holds the atomizer, searches cannot read
+                    # even cached phrases from it and queue for the parser instead.
+                    time.sleep(time.perf_counter() - t1)
                     stored = [[u.motion, u.actor, u.recipient, u.core] for u in units]
                     self.index.set_payload([pid], {"units": stored, "units_version": ATOMIZER_VERSION})
                     if pid in self.units:
@@ -523,16 +527,15 @@ class KnowledgeBase:
             return core_first(per_text if parse is None else parse.result())
 
         if isinstance(vector, tuple):  # the encoder was claimed for this search
-            if parse is not None:
-                # Started here, not on the event loop: the parser holds the GIL while it runs, and the loop
-                # would wait for it before handing this thread the search (0.5 ms at p50). The encoder lets
-                # go of the GIL at once, so the parse starts about as early.
-                parse.start()
+            # The parse starts here, not on the event loop: the parser holds the GIL while it runs, and the loop
+            # would wait for it before handing this thread the search (0.5 ms at p50). It starts once the query
+            # is tokenized (which needs the GIL too), as the model run, which does not, begins.
             # Alone (no parse beside it, no other search in flight) the encoder may use the idle core too:
             # 0.3-0.8 ms less at p50 on 2 cores; beside a parse the two threads fight over the cores.
             alone = parse is None and self._searches == 1
             t0 = time.perf_counter()
-            vector = self.batcher.encode_claimed(vector[0], [vector[1]], alone=alone)[0]
+            ready = parse.start if parse is not None else None
+            vector = self.batcher.encode_claimed(vector[0], [vector[1]], alone=alone, ready=ready)[0]
             stages["encode"] = int((time.perf_counter() - t0) * 1e6)
 
         refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)

@@ -51,8 +51,9 @@ class MicroBatcher:
             raise ValueError("max_batch must be at least 1")
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must not be negative")
+        self._encoder: Encoder = encoder
+        self._solo: Encoder | None = solo
         self._encode: Callable[[Sequence[str]], np.ndarray] = encoder.encode
-        self._encode_solo: Callable[[Sequence[str]], np.ndarray] | None = solo.encode if solo is not None else None
         self.solo_runs = 0  # calls on the solo encoder
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
@@ -94,15 +95,26 @@ class MicroBatcher:
         self._claim = Claim()
         return self._claim
 
-    def encode_claimed(self, claim: Claim, texts: Sequence[str], *, alone: bool = False) -> np.ndarray:
+    def encode_claimed(
+        self, claim: Claim, texts: Sequence[str], *, alone: bool = False, ready: Callable[[], None] | None = None
+    ) -> np.ndarray:
         """Encodes in the calling (worker) thread under ``claim``, then gives it back. ``alone``: the caller
-        knows no other work is running, so the ``solo`` encoder (more threads) may take the idle cores."""
+        knows no other work is running, so the ``solo`` encoder (more threads) may take the idle cores.
+        ``ready``: called once the texts are tokenized, before the model runs (see TextEncoder.prepare); with
+        an encoder that cannot prepare, before encoding."""
         try:
-            if alone and self._encode_solo is not None:
-                vectors = self._encode_solo(list(texts))
-                self.solo_runs += 1
+            encoder = self._solo if alone and self._solo is not None else self._encoder
+            prepare = getattr(encoder, "prepare", None)
+            if ready is not None and prepare is not None:
+                run = prepare(list(texts))
+                ready()
+                vectors = run()
             else:
-                vectors = self._encode(list(texts))
+                if ready is not None:
+                    ready()
+                vectors = encoder.encode(list(texts))
+            if encoder is not self._encoder:
+                self.solo_runs += 1
         finally:
             self.release(claim)
         self.batches_run += 1

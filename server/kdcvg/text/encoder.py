@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib.metadata import version
@@ -575,10 +575,22 @@ class TextEncoder:
 
         int8 vectors depend slightly on the other texts in the call (see quantize_int8); fp32 ones do not.
         """
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for rows, ids, mask in self._batches(texts):
-            out[rows] = self._run(POOLED, ids, mask)
-        return out
+        return self.prepare(texts)()
+
+    def prepare(self, texts: Sequence[str]) -> Callable[[], np.ndarray]:
+        """``encode`` in two steps: tokenizes now and returns the call that runs the model. Tokenizing needs
+        the GIL and the model run does not, so a caller can tokenize first and only then start GIL-bound
+        work beside the run (a search's parse) instead of queueing behind it for the GIL."""
+        batches = list(self._batches(texts))
+        n = len(texts)
+
+        def run() -> np.ndarray:
+            out = np.empty((n, self.dim), dtype=np.float32)
+            for rows, ids, mask in batches:
+                out[rows] = self._run(POOLED, ids, mask)
+            return out
+
+        return run
 
     def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Last hidden states float32 (n, L, dim) and mask bool (n, L), L the longest text in tokens.
