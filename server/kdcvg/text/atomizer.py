@@ -238,10 +238,11 @@ class Atomizer:
         return [self._read_directions(doc) for doc in docs]
 
     def _read_directions(self, doc: Doc) -> Doc:
-        """``doc`` with each direction misread as a verb after a motion word (see _MISREAD_DIRECTIONS) made
-        that word's adverb, the motion word its verb: it takes the misread verb's place in the tree and its
-        dependents (bar a coordination: "left and right"). ``doc`` itself when there is none, or when the
-        repair would not leave a tree."""
+        """``doc`` with each direction misread as a verb (see _MISREAD_DIRECTIONS) read as it was meant.
+        After a motion word it becomes that word's adverb and the motion word its verb, which takes the
+        misread verb's place in the tree and its dependents (bar a coordination: "left and right"). After a
+        preposition it becomes the preposition's object. ``doc`` itself when there is nothing to repair, or
+        when the repair would not leave a tree."""
         low = doc.text.lower()
         if not any(word in low for word in _MISREAD_DIRECTIONS):
             return doc
