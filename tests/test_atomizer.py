@@ -234,3 +234,12 @@ def test_left_as_a_verb_stays_a_verb(atomizer: Atomizer):
     """The repair of misread directions leaves "left" alone where it is the verb."""
     assert core(atomizer.atomize("the bottle was left on the table")).motion == "leave"
     assert core(atomizer.atomize("glass bottles left on a table")).motion == "leave"
+
+
+def test_lookup_answers_from_the_cache_while_a_parse_runs(atomizer: Atomizer):
+    """A search whose phrases were parsed before never waits for another search's parse."""
+    atomizer.atomize("spins to show every angle")
+    with atomizer._parse_lock:  # as while another thread parses
+        got = atomizer.lookup(["spins to show every angle"])
+        assert got is not None and core(got[0]).motion == "spin"
+        assert atomizer.lookup(["spins to show every angle", "a phrase never parsed before"]) is None

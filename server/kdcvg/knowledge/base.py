@@ -273,8 +273,7 @@ class KnowledgeBase:
                     texts = [str(payload.get("caption", "")), *map(str, payload.get("selling_points") or [])]
                     t1 = time.perf_counter()
                     units = core_first(self._parser.submit(self.atomizer.atomize_many, texts).result())
-                    # Half the parser's time at most: while a parse holds the atomizer, searches cannot read
-                    # even cached phrases from it and queue for the parser instead.
+                    # Half the parser's time at most: a search's new phrase queues behind this parse.
                     time.sleep(time.perf_counter() - t1)
                     stored = [[u.motion, u.actor, u.recipient, u.core] for u in units]
                     self.index.set_payload([pid], {"units": stored, "units_version": ATOMIZER_VERSION})

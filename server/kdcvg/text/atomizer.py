@@ -176,7 +176,8 @@ class Atomizer:
             for pos in ("verb", "noun")
         }
         self._lemmas: dict[tuple[str, str], str | None] = {}
-        self._lock = threading.Lock()
+        self._parse_lock = threading.Lock()  # spaCy does not promise thread safety; the GIL serialises it anyway
+        self._cache_lock = threading.Lock()  # held for dict operations only, microseconds
         self._cache: OrderedDict[str, tuple[SemanticUnit, ...]] = OrderedDict()
         self._cache_size = cache_size
 
@@ -186,42 +187,41 @@ class Atomizer:
         return self.atomize_many([text])[0]
 
     def lookup(self, texts: Sequence[str]) -> list[list[SemanticUnit]] | None:
-        """atomize_many's answer when every text is cached, else None; never parses and never waits for
-        the lock, so an event loop may call it."""
+        """atomize_many's answer when every text is cached, else None. It never parses and never waits for
+        a parse (only for the cache's own lock, held for microseconds), so an event loop may call it."""
         norm = [_normalise(t) for t in texts]
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
+        with self._cache_lock:
             if not all(t in self._cache for t in norm if t):
                 return None
             for t in norm:
                 if t:
                     self._cache.move_to_end(t)
             return [list(self._cache[t]) if t else [] for t in norm]
-        finally:
-            self._lock.release()
 
     def atomize_many(self, texts: Sequence[str]) -> list[list[SemanticUnit]]:
         norm = [_normalise(t) for t in texts]
         found: dict[str, tuple[SemanticUnit, ...]] = {}
-        # One lock around lookups and parsing: spaCy does not promise thread safety, and the GIL would
-        # serialise the parse anyway.
-        with self._lock:
-            for t in norm:
-                if t and t in self._cache:
-                    self._cache.move_to_end(t)
-                    found[t] = self._cache[t]
+        # One parse at a time; the cache is read under the parse lock too, so a text is never parsed twice
+        # at once. `lookup` reads the cache meanwhile.
+        with self._parse_lock:
+            with self._cache_lock:
+                for t in norm:
+                    if t and t in self._cache:
+                        self._cache.move_to_end(t)
+                        found[t] = self._cache[t]
             todo = [t for t in dict.fromkeys(norm) if t and t not in found]
             if todo:
-                for text, units in zip(todo, self._atomize_uncached(todo), strict=True):
-                    found[text] = self._cache[text] = tuple(units)
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+                parsed = self._atomize_uncached(todo)
+                with self._cache_lock:
+                    for text, units in zip(todo, parsed, strict=True):
+                        found[text] = self._cache[text] = tuple(units)
+                        while len(self._cache) > self._cache_size:
+                            self._cache.popitem(last=False)
         return [list(found[t]) if t else [] for t in norm]
 
     def warm_up(self) -> None:
         """Parses a few phrases, cache untouched: spaCy's first calls set up state lazily (milliseconds)."""
-        with self._lock:
+        with self._parse_lock:
             self._atomize_uncached(["spins to show every angle", "A bottle slides left.", "50% off today"])
 
     # --- staged parsing --------------------------------------------------------------------------------
