@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -53,7 +54,6 @@ class MicroBatcher:
             raise ValueError("max_wait_ms must not be negative")
         self._encoder: Encoder = encoder
         self._solo: Encoder | None = solo
-        self._encode: Callable[[Sequence[str]], np.ndarray] = encoder.encode
         self.solo_runs = 0  # calls on the solo encoder
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
@@ -104,15 +104,12 @@ class MicroBatcher:
         an encoder that cannot prepare, before encoding."""
         try:
             encoder = self._solo if alone and self._solo is not None else self._encoder
+            batch = list(texts)
             prepare = getattr(encoder, "prepare", None)
-            if ready is not None and prepare is not None:
-                run = prepare(list(texts))
+            run = prepare(batch) if prepare is not None else partial(encoder.encode, batch)
+            if ready is not None:
                 ready()
-                vectors = run()
-            else:
-                if ready is not None:
-                    ready()
-                vectors = encoder.encode(list(texts))
+            vectors = run()
             if encoder is not self._encoder:
                 self.solo_runs += 1
         finally:
@@ -155,7 +152,7 @@ class MicroBatcher:
         if not all(isinstance(text, str) for text in texts):  # here, not in the batch it would fail
             raise TypeError("texts must be strings")
         if not texts:
-            return await asyncio.to_thread(self._encode, texts)  # for the (0, dim) shape
+            return await asyncio.to_thread(self._encoder.encode, texts)  # for the (0, dim) shape
         loop = asyncio.get_running_loop()
         if self._worker is not None and self._worker.done():
             error = None if self._worker.cancelled() else self._worker.exception()
@@ -224,7 +221,7 @@ class MicroBatcher:
         texts = [text for job in live for text in job.texts]
         self._batch_running = True
         try:
-            vectors = await loop.run_in_executor(self._executor, self._encode, texts)
+            vectors = await loop.run_in_executor(self._executor, self._encoder.encode, texts)
         except Exception as exc:
             self._batch_running = False  # the callers get the error; the worker goes on
             log.exception("text encoder batch of %d texts failed", len(texts))
