@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kdcvg.text.atomizer import Atomizer, SemanticUnit
+from kdcvg.text.atomizer import Atomizer, SemanticUnit, names_motion, pick_core
 
 # phrase -> the core unit's (motion, actor, recipient); a set lists acceptable motions.
 CORE = [
@@ -58,6 +58,23 @@ CORE = [
     ("sweeps right across the frame", "sweep right", "", "frame"),
     ("slides right into the spotlight", "slide right", "", "spotlight"),
     ("jumps right off the floor", "jump", "", "floor"),  # "right" only stresses "off"
+    # Version 3: motion verbs the small model knows only as nouns after a noun ("mug throbs").
+    ("A silver travel mug throbs like a heartbeat on a teal background.", "throb", "travel mug", "heartbeat"),
+    # Version 4: an -s motion verb read as a noun after its subject, in a sentence without a finite verb.
+    ('A yellow jar of honey hovers in mid-air, with the words "FREE SHIPPING" shown.', "hover", "jar", "mid"),
+    (
+        "A white mug of hot cocoa glides to the left against a charcoal backdrop.",
+        {"glide left"},
+        "mug",
+        "charcoal backdrop",
+    ),
+    ("A pink cup of coffee spins around its centre.", "spin", "cup", "centre"),
+    ("A green smartphone pulses in and out on a burgundy background.", "pulse", "smartphone", "background"),
+    ("honey hovers in mid-air", "hover", "honey", "mid"),
+    # ... and the motion verb is the core over a side clause's verb
+    ('A black smartwatch glides to the right, with the words "FREE SHIPPING" shown.', "glide right", "smartwatch", ""),
+    ("recedes for the big picture", "recede", "", "picture"),
+    ("loops around to catch the eye", "loop around", "", ""),
 ]
 
 # No verb at all: one unit, empty motion, the head noun (if any) as actor. Nouns that are also verbs
@@ -136,6 +153,39 @@ def test_core_is_the_first_sentence_core_with_a_motion(atomizer: Atomizer):
     units = atomizer.atomize("New formula. Spins to show every angle.")
     assert core(units).motion == "spin"
     assert SemanticUnit("", "formula", "", False) in units
+
+
+def test_a_motion_verb_is_the_core_over_an_earlier_sentence_with_another_verb(atomizer: Atomizer):
+    units = atomizer.atomize("Made with natural ingredients. Glides to the right.")
+    assert core(units) == SemanticUnit("glide right", "", "", True)
+    assert SemanticUnit("make", "", "ingredient", False) in units
+
+
+def unit(motion: str, core: bool = False) -> SemanticUnit:
+    return SemanticUnit(motion, "", "", core)
+
+
+def test_pick_core_order():
+    save, glide, show, spin = unit("save", True), unit("glide right", True), unit("show", True), unit("spin")
+    offer = unit("", True)
+    # 1. a core that is a motion verb, wherever its group is
+    assert pick_core([[save], [offer], [glide]]) is glide
+    # 2. else any unit that is one: a caption rooted at "shown" with "spins" below it
+    assert pick_core([[save], [show, spin]]) is spin
+    # 3. else a core with some verb, 4. else the first core
+    assert pick_core([[offer], [save], [show]]) is save
+    assert pick_core([[offer], [unit("", True)]]) is offer
+    assert pick_core([[unit("")]]).motion == ""
+    with pytest.raises(ValueError):
+        pick_core([[], []])
+
+
+@pytest.mark.parametrize(
+    ("motion", "expected"),
+    [("glide right", True), ("spin", True), ("throb", True), ("make", False), ("save", False), ("", False)],
+)
+def test_names_motion(motion, expected):
+    assert names_motion(motion) is expected
 
 
 @pytest.mark.parametrize(("text", "actor"), [("!!!", ""), ("100%", ""), ("🔥🔥 hot deal 🔥", "deal")])
@@ -243,3 +293,25 @@ def test_lookup_answers_from_the_cache_while_a_parse_runs(atomizer: Atomizer):
         got = atomizer.lookup(["spins to show every angle"])
         assert got is not None and core(got[0]).motion == "spin"
         assert atomizer.lookup(["spins to show every angle", "a phrase never parsed before"]) is None
+
+
+def test_core_first_takes_the_motion_phrase_of_a_query(atomizer: Atomizer):
+    from kdcvg.knowledge.base import core_first
+
+    points = ["save 30% today", "glides smoothly to the right", "made with natural ingredients"]
+    units = core_first([atomizer.atomize(p) for p in points])
+    assert core(units) == SemanticUnit("glide right", "", "", True)
+    assert [u.motion for u in units] == ["save", "glide right", "make"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("chocolate swirls decorate the cake", ("decorate", "chocolate swirl", "cake")),  # a finite verb: nouns stay
+        ("The store sells bottle spins", ("sell", "store", "bottle spin")),
+        ("water bottles on sale", ("", "water bottle", "")),  # "bottles" is no motion verb
+    ],
+)
+def test_nouns_in_s_stay_nouns_beside_a_finite_verb(atomizer: Atomizer, text, expected):
+    unit = core(atomizer.atomize(text))
+    assert (unit.motion, unit.actor, unit.recipient) == expected

@@ -42,7 +42,7 @@ from kdcvg.retrieval.ranking import (
 )
 from kdcvg.retrieval.unit_table import UnitTable
 from kdcvg.text.atomizer import VERSION as ATOMIZER_VERSION
-from kdcvg.text.atomizer import Atomizer, SemanticUnit
+from kdcvg.text.atomizer import Atomizer, SemanticUnit, pick_core
 from kdcvg.text.batcher import Claim, MicroBatcher
 from kdcvg.text.encoder import TextEncoder
 
@@ -175,15 +175,12 @@ def decode_page_token(token: str, category: str | None) -> str | None:
 
 
 def core_first(units_per_text: Sequence[list[SemanticUnit]]) -> list[SemanticUnit]:
-    """Flattens per-text units into one list with exactly one core unit.
-
-    The core is the core unit of the first text whose core carries a motion (a selling point such as
-    "spins to show every angle" names the motion the ad needs), else the first text's core."""
+    """Flattens per-text units into one list with exactly one core unit, chosen by `pick_core`: a motion
+    verb first, so "glides to the right" is the core of a query that opens with "save 30% today"."""
     flat = [u for units in units_per_text for u in units]
     if not flat:
         return []
-    cores = [u for units in units_per_text for u in units if u.core]
-    chosen = next((u for u in cores if u.motion), cores[0] if cores else flat[0])
+    chosen = pick_core(units_per_text)
     index = next(i for i, u in enumerate(flat) if u is chosen)
     return [SemanticUnit(u.motion, u.actor, u.recipient, i == index) for i, u in enumerate(flat)]
 

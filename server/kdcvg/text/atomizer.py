@@ -11,10 +11,12 @@ Each verb forms a unit (motion, actor, recipient), all lemmas in lower case, "" 
 - recipient: the direct object, else the object of the verb's first preposition ("zooms in on the label").
 Nouns keep their compound nouns ("juice bottle") and drop adjectives, determiners and numbers; pronouns
 that only point elsewhere (it, this, which...), measures and times (degrees, days) become "". The core
-unit is the unit of the root predicate (the verb nearest the root, then the earliest); exactly one unit
-is core. Camera framing that opens a caption ("close-up of ...") is dropped before parsing. A text of
-several sentences goes through the fallbacks below sentence by sentence; its core is then the first
-sentence core that has a motion.
+unit is that of a motion verb (MOTION_VERBS) nearest the root, else of the verb nearest the root, then
+the earliest ("glides ..., with the words "SALE" shown": glide); exactly one unit is core. Camera
+framing that opens a caption ("close-up of ...") is dropped before parsing. A text of several sentences
+goes through the fallbacks below sentence by sentence; its core is then chosen by `pick_core` (a motion
+verb first: "spin" over "make"). Motion verbs in -s that the model reads as nouns after their subject
+("a jar of honey hovers in mid-air") are read as verbs first (`_read_verbs`).
 
 spaCy's small model misparses terse ad copy ("a golden retriever chases a red ball" gets "chases" as a
 noun root), so a parse is used only when it looks sound (`_sound`). Fallback order, first sound wins:
@@ -48,7 +50,10 @@ from spacy.tokens import Doc, Token
 
 # Bumped whenever a change gives some text other units. Entries keep the version their units came from;
 # a server re-atomizes older ones in the background (KnowledgeBase). 2: directions misread as "leave".
-VERSION = 2
+# 3: the core prefers a motion verb (pick_core); recede, loop, throb and beat are motion verbs.
+# 4: motion verbs in -s misread as nouns after the subject ("a jar of honey hovers") are read as verbs;
+# within a text too, a motion verb is the core.
+VERSION = 4
 
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
 # the rule lemmatizer reads) and lemmatizer; NER is not used. Dropping the lemmatizer saves only ~0.1 ms.
@@ -116,7 +121,7 @@ MOTION_VERBS = frozenset(
     speed cruise sizzle grill fry bake boil simmer roast cook knead glide emerge appear disappear vanish
     enter exit approach circle scatter gather collapse swell ripple splash wobble drizzle tug whirl whip
     dip dunk soak ooze gush pump spritz lather scoop swish flutter flap glisten twinkle rattle stomp step
-    stride strut dart zap jiggle
+    stride strut dart zap jiggle recede loop throb beat
     """.split()
 )
 _WS = re.compile(r"\s+")
@@ -227,6 +232,17 @@ class Atomizer:
     # --- staged parsing --------------------------------------------------------------------------------
 
     def _pipe(self, texts: list[str]) -> list[Doc]:
+        """spaCy's parses of ``texts`` with misread motion verbs (`_read_verbs`) and directions
+        (`_read_directions`) repaired."""
+        docs = self._spacy(texts)
+        misread = {i: verbs for i, doc in enumerate(docs) if (verbs := self._misread_verbs(doc))}
+        if misread:
+            variants = self._spacy([_with_past_tense(docs[i], verbs) for i, verbs in misread.items()])
+            for (i, verbs), variant in zip(misread.items(), variants, strict=True):
+                docs[i] = self._read_verbs(docs[i], verbs, variant)
+        return [self._read_directions(doc) for doc in docs]
+
+    def _spacy(self, texts: list[str]) -> list[Doc]:
         """spaCy's pipeline over all texts in one batch: each component as TrainablePipe.pipe and
         Language.pipe run it, without their generator plumbing (a tenth of a short phrase's parse)."""
         docs = [self.nlp.make_doc(t) for t in texts]
@@ -235,7 +251,45 @@ class Atomizer:
                 proc.set_annotations(docs, proc.predict(docs))
             else:
                 docs = [proc(doc) for doc in docs]
-        return [self._read_directions(doc) for doc in docs]
+        return docs
+
+    def _misread_verbs(self, doc: Doc) -> dict[int, str]:
+        """Motion verbs in -s that the small model read as nouns after the subject ("a jar of honey hovers
+        in mid-air", "a mug of cocoa glides to the left"), by token index -> verb lemma; only in a text with
+        no finite verb at all, where the sentence's verb must be one of them. About half the procedural
+        captions lose their motion this way."""
+        if len(doc) < 2 or any(t.tag_ in _FINITE_TAGS or t.tag_ == "MD" for t in doc):
+            return {}
+        out = {}
+        for t in doc[1:]:
+            if t.pos_ in _NOUNS and t.is_alpha and t.lower_.endswith("s") and doc[t.i - 1].pos_ in _NOUNS:
+                lemma = self._verb_lemma(t.lower_)
+                if lemma in MOTION_VERBS and lemma != t.lower_:
+                    out[t.i] = lemma
+        return out
+
+    def _read_verbs(self, doc: Doc, verbs: dict[int, str], variant: Doc) -> Doc:
+        """``doc`` with the parse of ``variant`` (the same text, its misread verbs in the past tense, which the
+        model reads as verbs) when the variant makes every one of them a verb and has the same tokens; the
+        words stay the text's own. ``doc`` itself otherwise."""
+        if len(variant) != len(doc) or any(
+            variant[i].pos_ != "VERB" or variant[i].dep_ in _NOMINAL_DEPS for i in verbs
+        ):
+            return doc
+        lemmas = [t.lemma_ for t in variant]
+        tags = [t.tag_ for t in variant]
+        for i, lemma in verbs.items():
+            lemmas[i], tags[i] = lemma, "VBZ"
+        return Doc(
+            doc.vocab,
+            words=[t.text for t in doc],
+            spaces=[bool(t.whitespace_) for t in doc],
+            heads=[t.head.i for t in variant],
+            deps=[t.dep_ for t in variant],
+            pos=[t.pos_ for t in variant],
+            tags=tags,
+            lemmas=lemmas,
+        )
 
     def _read_directions(self, doc: Doc) -> Doc:
         """``doc`` with each direction misread as a verb (see _MISREAD_DIRECTIONS) read as it was meant.
@@ -501,7 +555,7 @@ class Atomizer:
                 found.append((_depth(v), v.i, motion, actor, recipient if recipient != actor else ""))
         if not found:
             return []
-        core = min(range(len(found)), key=lambda k: found[k][:2])
+        core = min(range(len(found)), key=lambda k: (not names_motion(found[k][2]), *found[k][:2]))
         core_key = found[core][2:]
         units: list[SemanticUnit] = []
         seen: set[tuple[str, str, str]] = set()
@@ -707,13 +761,12 @@ def _sentences(doc: Doc) -> list[tuple[str, Doc]]:
 
 
 def _merge(per_sentence: list[list[SemanticUnit]]) -> list[SemanticUnit]:
-    """One list for a text; its core is the first sentence core with a motion, else the first core."""
+    """One list for a text, duplicates dropped; its core is chosen by `pick_core`."""
     if len(per_sentence) == 1:
         return per_sentence[0]
-    cores = [u for units in per_sentence for u in units if u.core]
-    if not cores:
+    if not any(u.core for units in per_sentence for u in units):
         return []
-    chosen = next((u for u in cores if u.motion), cores[0])
+    chosen = pick_core(per_sentence)
     key = (chosen.motion, chosen.actor, chosen.recipient)
     out: list[SemanticUnit] = []
     seen: set[tuple[str, str, str]] = set()
@@ -724,6 +777,32 @@ def _merge(per_sentence: list[list[SemanticUnit]]) -> list[SemanticUnit]:
         seen.add(k)
         out.append(SemanticUnit(*k, k == key))
     return out
+
+
+def names_motion(motion: str) -> bool:
+    """Whether a unit's motion is a motion verb ("glide right", "spin"), not another verb ("make", "save")."""
+    return motion.split(" ", 1)[0] in MOTION_VERBS
+
+
+def pick_core(groups: Sequence[Sequence[SemanticUnit]]) -> SemanticUnit:
+    """The core of several groups of units (a text's sentences, or an entry's caption and selling points),
+    each with its own core. Ad copy mixes offers and claims ("made with natural ingredients", "save 30%
+    today") with the one phrase that says how the product moves, and the motion is what retrieval is for.
+    First that holds, in group order:
+     1. a group core that is a motion verb;
+     2. any unit that is a motion verb (a caption whose root is "shown" may still have "glides" below it);
+     3. a group core with some verb;
+     4. the first core, else the first unit.
+    Raises ValueError when there are no units at all."""
+    cores = [u for units in groups for u in units if u.core]
+    flat = [u for units in groups for u in units]
+    if not flat:
+        raise ValueError("no units to pick a core from")
+    for candidates, test in ((cores, names_motion), (flat, names_motion), (cores, bool)):
+        found = next((u for u in candidates if test(u.motion)), None)
+        if found is not None:
+            return found
+    return cores[0] if cores else flat[0]
 
 
 def _first_content(doc: Doc, offset: int) -> int | None:
@@ -748,6 +827,23 @@ def _and_back(direction: Token) -> int | None:
     ):
         return i + 2
     return None
+
+
+def _with_past_tense(doc: Doc, verbs: dict[int, str]) -> str:
+    """doc's text with the words at ``verbs`` replaced by their lemma's regular past tense ("glided",
+    "spinned"): a form in -ed is a verb to the small model, even a made-up one, and keeps the token count."""
+    words = [t.text_with_ws for t in doc]
+    for i, lemma in verbs.items():
+        words[i] = _past_tense(lemma) + doc[i].whitespace_
+    return "".join(words)
+
+
+def _past_tense(lemma: str) -> str:
+    if lemma.endswith("e"):
+        return lemma + "d"
+    if re.fullmatch(r"[^aeiou]*[aeiou][^aeiouwxy]", lemma):  # one syllable ending consonant-vowel-consonant
+        return lemma + lemma[-1] + "ed"
+    return lemma + "ed"
 
 
 def _verb_tag(word: str) -> str:
