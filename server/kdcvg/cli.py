@@ -30,6 +30,8 @@ app.add_typer(kb_app, name="kb")
 prior_app = typer.Typer(help="Motion-prior (LoRA) commands, against a running server.", no_args_is_help=True)
 app.add_typer(prior_app, name="prior")
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160  # piped into a log or CI: rich would cut tables at 80 columns
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_QUERIES = [
