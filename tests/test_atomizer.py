@@ -180,6 +180,31 @@ def test_pick_core_order():
         pick_core([[], []])
 
 
+def test_pick_core_puts_a_motion_named_by_a_noun_after_motion_verbs():
+    reveal = SemanticUnit("reveal", "side", "", True, nominal=True)
+    sweep, save, spin = unit("sweep right", True), unit("save", True), unit("spin")
+    assert pick_core([[reveal], [sweep]]) is sweep  # a core motion verb in a later group
+    assert pick_core([[reveal], [save, spin]]) is spin  # any unit that is a motion verb
+    assert pick_core([[save], [reveal]]) is reveal  # still a motion: it beats a verb that is none
+    assert pick_core([[unit("", True)], [reveal]]) is reveal
+
+
+@pytest.mark.parametrize(
+    ("text", "nominal"),
+    [("a smooth side reveal", True), ("slow motion pour", True), ("bottle spin", True), ("sweeps right", False)],
+)
+def test_a_motion_named_by_a_noun_is_marked_nominal(atomizer: Atomizer, text, nominal):
+    assert core(atomizer.atomize(text)).nominal is nominal
+
+
+def test_core_first_prefers_a_motion_verb_to_a_motion_noun(atomizer: Atomizer):
+    from kdcvg.knowledge.base import core_first
+
+    units = core_first([atomizer.atomize(p) for p in ["a smooth side reveal", "sweeps right across the screen"]])
+    assert core(units) == SemanticUnit("sweep right", "", "screen", True)
+    assert SemanticUnit("reveal", "side", "", False, nominal=True) in units
+
+
 @pytest.mark.parametrize(
     ("motion", "expected"),
     [("glide right", True), ("spin", True), ("throb", True), ("make", False), ("save", False), ("", False)],

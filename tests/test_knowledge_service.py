@@ -128,6 +128,14 @@ async def test_search_ranks_by_motion_and_explains(channel):
             s.motion_similarity + s.actor_similarity + 0.5 * s.unit_similarity, abs=1e-4
         )
     assert [r.rank for r in reply.references] == [1, 2, 3]
+    # A motion named by a noun shows as such, and the motion verb beside it is the query's core.
+    reply = await stub.Search(
+        knowledge_pb2.SearchRequest(selling_points=["a smooth side reveal", "slides left into view"], limit=1),
+        metadata=auth(),
+    )
+    units = {u.motion: u for u in reply.query_units}
+    assert units["reveal"].nominal and not units["reveal"].core
+    assert units["slide left"].core and not units["slide left"].nominal
     assert {"encode", "parse", "index", "rank"} <= set(reply.stage_micros)
     cosine = await stub.Search(
         knowledge_pb2.SearchRequest(

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from kdcvg.knowledge.base import Entry, point_key
+from kdcvg.knowledge.base import Entry, point_key, unit_from_payload, unit_payload
 from kdcvg.knowledge.index import IndexPoint, point_uuid
-from kdcvg.text.atomizer import VERSION
+from kdcvg.text.atomizer import VERSION, SemanticUnit
 
 TENANT = "alpha"
 CAPTION = "A phone slides left across the frame."
@@ -70,8 +70,8 @@ def test_old_units_are_recomputed_at_start(settings, encoder, atomizer):
                 break
             assert time.monotonic() < deadline, got
             time.sleep(0.05)
-        want = [[u.motion, u.actor, u.recipient, u.core] for u in atomizer.atomize(CAPTION)]
-        assert got[pids["old"]]["units"][0] == ["slide left", "phone", "frame", True]
+        want = [unit_payload(u) for u in atomizer.atomize(CAPTION)]
+        assert got[pids["old"]]["units"][0] == ["slide left", "phone", "frame", True, False]
         assert got[pids["old"]]["units"] == got[pids["older"]]["units"]
         assert got[pids["old"]]["units"][: len(want)] == want
         assert got[pids["current"]] == {"units": current, "units_version": VERSION}
@@ -95,6 +95,14 @@ def unit_motions(kb, pid: str) -> set[str]:
     rows = packed.mot[int(packed.start[0]) : int(packed.start[0] + packed.count[0])]
     known = kb.units.vectors(["slide left", "leave"])
     return {s for s, v in known.items() if any(np.allclose(r, v, atol=1e-6) for r in rows)}
+
+
+def test_stored_units_round_trip_and_older_ones_read_as_verbal():
+    reveal = SemanticUnit("reveal", "side", "", True, nominal=True)
+    assert unit_from_payload(unit_payload(reveal)) == reveal
+    # written before version 5: [motion, actor, recipient, core]
+    entry = Entry.from_payload(stored_entry("d" * 64, [["slide left", "phone", "frame", True]], 4))
+    assert entry.units == [SemanticUnit("slide left", "phone", "frame", True, nominal=False)]
 
 
 def test_entries_without_a_version_read_as_version_one():

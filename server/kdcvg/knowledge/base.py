@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,19 @@ class IngestMeta:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def unit_payload(unit: SemanticUnit) -> list:
+    """A unit as stored in an entry's payload: [motion, actor, recipient, core, nominal]."""
+    return [unit.motion, unit.actor, unit.recipient, unit.core, unit.nominal]
+
+
+def unit_from_payload(stored: Sequence) -> SemanticUnit:
+    """The inverse of `unit_payload`; payloads written before atomizer version 5 have no ``nominal``."""
+    motion, actor, recipient, core = stored[:4]
+    return SemanticUnit(
+        str(motion), str(actor), str(recipient), bool(core), bool(stored[4]) if len(stored) > 4 else False
+    )
+
+
 @dataclass
 class Entry:
     id: str
@@ -96,13 +109,13 @@ class Entry:
 
     def payload(self) -> dict:
         data = asdict(self)
-        data["units"] = [[u.motion, u.actor, u.recipient, u.core] for u in self.units]
+        data["units"] = [unit_payload(u) for u in self.units]
         return data
 
     @classmethod
     def from_payload(cls, payload: dict) -> Entry:
         data = dict(payload)
-        data["units"] = [SemanticUnit(m, a, r, bool(c)) for m, a, r, c in data.get("units", [])]
+        data["units"] = [unit_from_payload(u) for u in data.get("units", [])]
         data["units_version"] = units_version(data)
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -182,7 +195,7 @@ def core_first(units_per_text: Sequence[list[SemanticUnit]]) -> list[SemanticUni
         return []
     chosen = pick_core(units_per_text)
     index = next(i for i, u in enumerate(flat) if u is chosen)
-    return [SemanticUnit(u.motion, u.actor, u.recipient, i == index) for i, u in enumerate(flat)]
+    return [replace(u, core=i == index) for i, u in enumerate(flat)]
 
 
 def entry_text(caption: str, selling_points: Sequence[str]) -> str:
@@ -272,7 +285,7 @@ class KnowledgeBase:
                     units = core_first(self._parser.submit(self.atomizer.atomize_many, texts).result())
                     # Half the parser's time at most: a search's new phrase queues behind this parse.
                     time.sleep(time.perf_counter() - t1)
-                    stored = [[u.motion, u.actor, u.recipient, u.core] for u in units]
+                    stored = [unit_payload(u) for u in units]
                     self.index.set_payload([pid], {"units": stored, "units_version": ATOMIZER_VERSION})
                     if pid in self.units:
                         self.units.discard([pid])

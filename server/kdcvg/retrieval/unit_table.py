@@ -184,7 +184,7 @@ def _room(array: np.ndarray, used: int, need: int) -> np.ndarray:
 def _as_tuple(unit: SemanticUnit | Sequence) -> UnitTuple:
     if isinstance(unit, SemanticUnit):
         return (unit.motion, unit.actor, unit.recipient, bool(unit.core))
-    motion, actor, recipient, core = unit
+    motion, actor, recipient, core = unit[:4]  # a stored unit may carry more: [..., core, nominal]
     return (str(motion), str(actor), str(recipient), bool(core))
 
 

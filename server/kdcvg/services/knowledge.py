@@ -19,6 +19,7 @@ from kdcvg.knowledge.base import Entry, IngestMeta, KnowledgeBase, SearchResult
 from kdcvg.metrics import ServerMetrics
 from kdcvg.retrieval.ranking import RankedCandidate
 from kdcvg.services.errors import grpc_errors
+from kdcvg.text.atomizer import SemanticUnit
 from kdcvg.v1 import common_pb2, knowledge_pb2, knowledge_pb2_grpc
 
 RANKINGS = {
@@ -26,6 +27,12 @@ RANKINGS = {
     knowledge_pb2.RANKING_SEARCH_T2V: "search_t2v",
     knowledge_pb2.RANKING_COSINE: "cosine",
 }
+
+
+def unit_to_proto(u: SemanticUnit) -> common_pb2.SemanticUnit:
+    return common_pb2.SemanticUnit(
+        motion=u.motion, actor=u.actor, recipient=u.recipient, core=u.core, nominal=u.nominal
+    )
 
 
 def entry_to_proto(entry: Entry) -> common_pb2.Entry:
@@ -43,10 +50,7 @@ def entry_to_proto(entry: Entry) -> common_pb2.Entry:
         height=entry.height,
         fps=entry.fps,
         keyframe_indices=entry.keyframes,
-        units=[
-            common_pb2.SemanticUnit(motion=u.motion, actor=u.actor, recipient=u.recipient, core=u.core)
-            for u in entry.units
-        ],
+        units=[unit_to_proto(u) for u in entry.units],
         video_bytes=entry.video_bytes,
         created_unix_ms=entry.created_ms,
         has_prior=entry.has_prior,
@@ -75,10 +79,7 @@ def search_to_proto(result: SearchResult) -> knowledge_pb2.SearchResponse:
     ]
     return knowledge_pb2.SearchResponse(
         references=refs,
-        query_units=[
-            common_pb2.SemanticUnit(motion=u.motion, actor=u.actor, recipient=u.recipient, core=u.core)
-            for u in result.query_units
-        ],
+        query_units=[unit_to_proto(u) for u in result.query_units],
         retrieval_id=result.retrieval_id,
         candidates=result.candidates,
         stage_micros=result.stage_micros,

@@ -31,8 +31,9 @@ noun root), so a parse is used only when it looks sound (`_sound`). Fallback ord
     verb form in -s/-ing that opens the phrase or follows its own noun modifier ("the camera pans",
     "juice bottle spinning", "a chef slices tomatoes"), is treated as the verb (a noun with an object,
     or a motion verb form in -s conjoined to a verb, counts as a verb in any parse);
- 5. still no verb: a root noun that names a motion ("slow motion pour", "bottle spin") is the motion;
-    otherwise one unit with empty motion and the head noun (or "") as actor ("50% off today").
+ 5. still no verb: a root noun that names a motion ("slow motion pour", "bottle spin") is the motion,
+    marked ``nominal`` (weaker evidence than a verb when `pick_core` chooses among texts); otherwise one
+    unit with empty motion and the head noun (or "") as actor ("50% off today").
 Any non-blank text gives at least one unit; blank text gives [] (callers validate emptiness).
 """
 
@@ -42,7 +43,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -52,8 +53,9 @@ from spacy.tokens import Doc, Token
 # a server re-atomizes older ones in the background (KnowledgeBase). 2: directions misread as "leave".
 # 3: the core prefers a motion verb (pick_core); recede, loop, throb and beat are motion verbs.
 # 4: motion verbs in -s misread as nouns after the subject ("a jar of honey hovers") are read as verbs;
-# within a text too, a motion verb is the core.
-VERSION = 4
+# within a text too, a motion verb is the core. 5: a motion named by a noun ("a smooth side reveal") is
+# marked nominal, and a motion verb wins the core over it ("sweeps right across the screen").
+VERSION = 5
 
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
 # the rule lemmatizer reads) and lemmatizer; NER is not used. Dropping the lemmatizer saves only ~0.1 ms.
@@ -142,6 +144,7 @@ class SemanticUnit:
     actor: str
     recipient: str
     core: bool
+    nominal: bool = False  # the motion is named by a noun ("a smooth side reveal"), not by a verb
 
 
 @dataclass
@@ -436,7 +439,7 @@ class Atomizer:
             of = [g for c in root.children if c.lower_ == "of" for g in c.children if g.dep_ == "pobj"]
             holder = comp[-1] if comp else (of[0] if of else None)
             actor = self._nominal(holder, 0, set()) if holder is not None else ""
-            return [SemanticUnit(root.lemma_.lower(), actor, "", True)]
+            return [SemanticUnit(root.lemma_.lower(), actor, "", True, nominal=True)]
         return [SemanticUnit("", self._head_noun(doc), "", True)]
 
     # --- judging a parse -------------------------------------------------------------------------------
@@ -775,7 +778,7 @@ def _merge(per_sentence: list[list[SemanticUnit]]) -> list[SemanticUnit]:
         if k in seen:
             continue
         seen.add(k)
-        out.append(SemanticUnit(*k, k == key))
+        out.append(replace(u, core=k == key))
     return out
 
 
@@ -791,15 +794,23 @@ def pick_core(groups: Sequence[Sequence[SemanticUnit]]) -> SemanticUnit:
     First that holds, in group order:
      1. a group core that is a motion verb;
      2. any unit that is a motion verb (a caption whose root is "shown" may still have "glides" below it);
-     3. a group core with some verb;
-     4. the first core, else the first unit.
+     3. a group core that is a motion named by a noun (``nominal``: "a smooth side reveal" names no
+        direction, and a verb beside it, "sweeps right across the screen", says how the product moves);
+     4. a group core with some verb;
+     5. the first core, else the first unit.
     Raises ValueError when there are no units at all."""
     cores = [u for units in groups for u in units if u.core]
     flat = [u for units in groups for u in units]
     if not flat:
         raise ValueError("no units to pick a core from")
-    for candidates, test in ((cores, names_motion), (flat, names_motion), (cores, bool)):
-        found = next((u for u in candidates if test(u.motion)), None)
+    tests = (
+        (cores, lambda u: names_motion(u.motion) and not u.nominal),
+        (flat, lambda u: names_motion(u.motion) and not u.nominal),
+        (cores, lambda u: names_motion(u.motion)),
+        (cores, lambda u: bool(u.motion)),
+    )
+    for candidates, test in tests:
+        found = next((u for u in candidates if test(u)), None)
         if found is not None:
             return found
     return cores[0] if cores else flat[0]

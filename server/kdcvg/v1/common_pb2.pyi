@@ -25,16 +25,18 @@ CATEGORY_ELECTRONICS_MOBILITY: Category
 CATEGORY_BEAUTY_HEALTH: Category
 
 class SemanticUnit(_message.Message):
-    __slots__ = ("motion", "actor", "recipient", "core")
+    __slots__ = ("motion", "actor", "recipient", "core", "nominal")
     MOTION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     CORE_FIELD_NUMBER: _ClassVar[int]
+    NOMINAL_FIELD_NUMBER: _ClassVar[int]
     motion: str
     actor: str
     recipient: str
     core: bool
-    def __init__(self, motion: _Optional[str] = ..., actor: _Optional[str] = ..., recipient: _Optional[str] = ..., core: _Optional[bool] = ...) -> None: ...
+    nominal: bool
+    def __init__(self, motion: _Optional[str] = ..., actor: _Optional[str] = ..., recipient: _Optional[str] = ..., core: _Optional[bool] = ..., nominal: _Optional[bool] = ...) -> None: ...
 
 class ScoreParts(_message.Message):
     __slots__ = ("total_similarity", "motion_similarity", "actor_similarity", "recipient_similarity", "unit_similarity", "unit_score", "score", "passed_total_threshold", "passed_motion_threshold", "passed_actor_threshold")
