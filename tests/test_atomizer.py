@@ -75,6 +75,9 @@ CORE = [
     ('A black smartwatch glides to the right, with the words "FREE SHIPPING" shown.', "glide right", "smartwatch", ""),
     ("recedes for the big picture", "recede", "", "picture"),
     ("loops around to catch the eye", "loop around", "", ""),
+    # Version 5: ... or before "and" and the finite verb it is coordinated with.
+    ("A jar of honey swells and settles against a pink backdrop.", "swell", "jar", ""),
+    ("A bag of chips swells and settles again and again.", "swell", "bag", ""),
 ]
 
 # No verb at all: one unit, empty motion, the head noun (if any) as actor. Nouns that are also verbs
@@ -333,6 +336,7 @@ def test_core_first_takes_the_motion_phrase_of_a_query(atomizer: Atomizer):
     ("text", "expected"),
     [
         ("chocolate swirls decorate the cake", ("decorate", "chocolate swirl", "cake")),  # a finite verb: nouns stay
+        ("chocolate swirls and sprinkles decorate the cake", ("decorate", "chocolate swirl", "cake")),
         ("The store sells bottle spins", ("sell", "store", "bottle spin")),
         ("water bottles on sale", ("", "water bottle", "")),  # "bottles" is no motion verb
     ],

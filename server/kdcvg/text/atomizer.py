@@ -54,7 +54,8 @@ from spacy.tokens import Doc, Token
 # 3: the core prefers a motion verb (pick_core); recede, loop, throb and beat are motion verbs.
 # 4: motion verbs in -s misread as nouns after the subject ("a jar of honey hovers") are read as verbs;
 # within a text too, a motion verb is the core. 5: a motion named by a noun ("a smooth side reveal") is
-# marked nominal, and a motion verb wins the core over it ("sweeps right across the screen").
+# marked nominal, and a motion verb wins the core over it ("sweeps right across the screen"); an -s motion
+# verb read as a noun before "and" and a finite verb is read as a verb ("a jar of honey swells and settles").
 VERSION = 5
 
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
@@ -259,13 +260,17 @@ class Atomizer:
     def _misread_verbs(self, doc: Doc) -> dict[int, str]:
         """Motion verbs in -s that the small model read as nouns after the subject ("a jar of honey hovers
         in mid-air", "a mug of cocoa glides to the left"), by token index -> verb lemma; only in a text with
-        no finite verb at all, where the sentence's verb must be one of them. About half the procedural
+        no finite verb at all, where the sentence's verb must be one of them, or right before "and" and a
+        finite verb it is coordinated with ("a jar of honey swells and settles"). About half the procedural
         captions lose their motion this way."""
-        if len(doc) < 2 or any(t.tag_ in _FINITE_TAGS or t.tag_ == "MD" for t in doc):
+        if len(doc) < 2:
             return {}
+        finite = any(t.tag_ in _FINITE_TAGS or t.tag_ == "MD" for t in doc)
         out = {}
         for t in doc[1:]:
             if t.pos_ in _NOUNS and t.is_alpha and t.lower_.endswith("s") and doc[t.i - 1].pos_ in _NOUNS:
+                if finite and not _before_coordinated_verb(t):
+                    continue
                 lemma = self._verb_lemma(t.lower_)
                 if lemma in MOTION_VERBS and lemma != t.lower_:
                     out[t.i] = lemma
@@ -838,6 +843,17 @@ def _and_back(direction: Token) -> int | None:
     ):
         return i + 2
     return None
+
+
+def _before_coordinated_verb(t: Token) -> bool:
+    """Whether ``t`` is followed by "and"/"or" and a finite verb in -s: "swells and settles"."""
+    doc = t.doc
+    return (
+        t.i + 2 < len(doc)
+        and doc[t.i + 1].lower_ in ("and", "or")
+        and doc[t.i + 2].tag_ == "VBZ"
+        and doc[t.i + 2].pos_ == "VERB"
+    )
 
 
 def _with_past_tense(doc: Doc, verbs: dict[int, str]) -> str:
