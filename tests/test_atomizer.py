@@ -78,6 +78,9 @@ CORE = [
     # Version 5: ... or before "and" and the finite verb it is coordinated with.
     ("A jar of honey swells and settles against a pink backdrop.", "swell", "jar", ""),
     ("A bag of chips swells and settles again and again.", "swell", "bag", ""),
+    # ... or after words opened by "a", which a plural noun cannot end ("watch" was read as the verb).
+    ("A gold luxury watch hovers in mid-air against a peach backdrop.", "hover", "gold luxury watch", "mid"),
+    ("A black backpack hovers in mid-air against a lavender backdrop.", "hover", "backpack", "mid"),
 ]
 
 # No verb at all: one unit, empty motion, the head noun (if any) as actor. Nouns that are also verbs
@@ -333,10 +336,24 @@ def test_core_first_takes_the_motion_phrase_of_a_query(atomizer: Atomizer):
 
 
 @pytest.mark.parametrize(
+    ("text", "motion"),
+    [
+        ("A silver spray cleaner floats gently up and down on a charcoal gradient background.", "float"),
+        ("A gold microwave oven spins around its centre against a dark green backdrop.", "spin"),
+    ],
+)
+def test_a_product_name_read_as_a_verb_leaves_the_motion_its_verb(atomizer: Atomizer, text, motion):
+    # "spray" and "oven" are read as the verb and the motion word as a noun; "A" tells which is which.
+    assert core(atomizer.atomize(text)).motion == motion
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("chocolate swirls decorate the cake", ("decorate", "chocolate swirl", "cake")),  # a finite verb: nouns stay
         ("chocolate swirls and sprinkles decorate the cake", ("decorate", "chocolate swirl", "cake")),
+        ("A bakery sells fresh rolls", ("sell", "bakery", "roll")),  # "a" opens "bakery", not "rolls"
+        ("An artisan bakery with fresh rolls", ("", "bakery", "")),
         ("The store sells bottle spins", ("sell", "store", "bottle spin")),
         ("water bottles on sale", ("", "water bottle", "")),  # "bottles" is no motion verb
     ],

@@ -261,19 +261,22 @@ class Atomizer:
         """Motion verbs in -s that the small model read as nouns after the subject ("a jar of honey hovers
         in mid-air", "a mug of cocoa glides to the left"), by token index -> verb lemma; only in a text with
         no finite verb at all, where the sentence's verb must be one of them, or right before "and" and a
-        finite verb it is coordinated with ("a jar of honey swells and settles"). About half the procedural
-        captions lose their motion this way."""
+        finite verb it is coordinated with ("a jar of honey swells and settles"). Anywhere when "a"/"an"
+        opens the words before it, which a plural noun cannot end ("a gold luxury watch hovers", where the
+        model reads "watch" as the verb). About half the procedural captions lose their motion this way."""
         if len(doc) < 2:
             return {}
         finite = any(t.tag_ in _FINITE_TAGS or t.tag_ == "MD" for t in doc)
         out = {}
         for t in doc[1:]:
-            if t.pos_ in _NOUNS and t.is_alpha and t.lower_.endswith("s") and doc[t.i - 1].pos_ in _NOUNS:
-                if finite and not _before_coordinated_verb(t):
+            if t.pos_ not in _NOUNS or not t.is_alpha or not t.lower_.endswith("s"):
+                continue
+            if not _after_singular_determiner(t):
+                if doc[t.i - 1].pos_ not in _NOUNS or (finite and not _before_coordinated_verb(t)):
                     continue
-                lemma = self._verb_lemma(t.lower_)
-                if lemma in MOTION_VERBS and lemma != t.lower_:
-                    out[t.i] = lemma
+            lemma = self._verb_lemma(t.lower_)
+            if lemma in MOTION_VERBS and lemma != t.lower_:
+                out[t.i] = lemma
         return out
 
     def _read_verbs(self, doc: Doc, verbs: dict[int, str], variant: Doc) -> Doc:
@@ -843,6 +846,19 @@ def _and_back(direction: Token) -> int | None:
     ):
         return i + 2
     return None
+
+
+_SINGULAR_DETERMINERS = frozenset({"a", "an", "each", "every"})
+_NOUN_PHRASE_WORDS = frozenset({"NOUN", "PROPN", "ADJ"})
+
+
+def _after_singular_determiner(t: Token) -> bool:
+    """Whether the words before ``t`` are modifiers (nouns, adjectives, or base verb forms the model took
+    for verbs: "spray", "watch") opened by "a"/"an"/"each"/"every": "A black backpack hovers"."""
+    doc, i = t.doc, t.i - 1
+    while i >= 0 and (doc[i].pos_ in _NOUN_PHRASE_WORDS or doc[i].tag_ in ("VB", "VBD", "VBP", "HYPH")):
+        i -= 1
+    return 0 <= i < t.i - 1 and doc[i].lower_ in _SINGULAR_DETERMINERS
 
 
 def _before_coordinated_verb(t: Token) -> bool:
