@@ -16,7 +16,8 @@ the earliest ("glides ..., with the words "SALE" shown": glide); exactly one uni
 framing that opens a caption ("close-up of ...") is dropped before parsing. A text of several sentences
 goes through the fallbacks below sentence by sentence; its core is then chosen by `pick_core` (a motion
 verb first: "spin" over "make"). Motion verbs in -s that the model reads as nouns after their subject
-("a jar of honey hovers in mid-air") are read as verbs first (`_read_verbs`).
+("a jar of honey hovers in mid-air", "a gold luxury watch hovers", "a jar of honey swells and settles")
+are read as verbs first (`_misread_verbs`, `_read_verbs`).
 
 spaCy's small model misparses terse ad copy ("a golden retriever chases a red ball" gets "chases" as a
 noun root), so a parse is used only when it looks sound (`_sound`). Fallback order, first sound wins:
