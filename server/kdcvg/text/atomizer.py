@@ -56,7 +56,8 @@ from spacy.tokens import Doc, Token
 # 4: motion verbs in -s misread as nouns after the subject ("a jar of honey hovers") are read as verbs;
 # within a text too, a motion verb is the core. 5: a motion named by a noun ("a smooth side reveal") is
 # marked nominal, and a motion verb wins the core over it ("sweeps right across the screen"); an -s motion
-# verb read as a noun before "and" and a finite verb is read as a verb ("a jar of honey swells and settles").
+# verb read as a noun is read as a verb before "and" and a finite verb ("a jar of honey swells and settles")
+# and after words opened by "a" ("a gold luxury watch hovers", where the model took "watch" for the verb).
 VERSION = 5
 
 # The parse needs tok2vec (shared by tagger and parser), tagger, parser, attribute_ruler (tag -> POS, which
@@ -262,9 +263,10 @@ class Atomizer:
         """Motion verbs in -s that the small model read as nouns after the subject ("a jar of honey hovers
         in mid-air", "a mug of cocoa glides to the left"), by token index -> verb lemma; only in a text with
         no finite verb at all, where the sentence's verb must be one of them, or right before "and" and a
-        finite verb it is coordinated with ("a jar of honey swells and settles"). Anywhere when "a"/"an"
-        opens the words before it, which a plural noun cannot end ("a gold luxury watch hovers", where the
-        model reads "watch" as the verb). About half the procedural captions lose their motion this way."""
+        finite verb it is coordinated with ("a jar of honey swells and settles"). Anywhere when "a"/"an"/
+        "each"/"every" opens the words before it, which a plural noun cannot end ("a gold luxury watch
+        hovers", where the model reads "watch" as the verb). About half the procedural captions lose their
+        motion this way."""
         if len(doc) < 2:
             return {}
         finite = any(t.tag_ in _FINITE_TAGS or t.tag_ == "MD" for t in doc)
