@@ -182,23 +182,48 @@ async def test_search_ranks_from_the_unit_table_or_the_index(channel, server):
 
 
 async def test_a_search_alone_encodes_on_the_solo_session(channel, server):
-    """With its phrases parsed before and no other search in flight, a search encodes on the session with
-    more threads; a new phrase's search, whose parse runs beside the encoding, does not. Same answer."""
+    """A new phrase's search encodes on the one-thread session, beside its parse. Once its phrases' vectors
+    are kept, the same search runs no encoder at all. With the phrases parsed but their vectors not kept
+    (evicted, or met at ingest), a search alone encodes on the session with more threads. Same answer."""
     stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
     kb = server.kb
     for seed, motion in enumerate(["rotate", "bounce", "zoom_in"], 70):
         video, creative = clip(seed, motions=[motion])
         await ingest(stub, video, creative)
     request = knowledge_pb2.SearchRequest(selling_points=["watch it spin round", "never seen before"], limit=3)
-    runs = kb.batcher.solo_runs
+    runs, items = kb.batcher.solo_runs, kb.batcher.items
     first = await stub.Search(request, metadata=auth())
     assert first.stage_micros["parse"] > 500 and kb.batcher.solo_runs == runs  # parsed beside the encoding
+    assert kb.batcher.items == items + 2  # the two phrases, one vector each
+    kept = await stub.Search(request, metadata=auth())
+    assert kept.stage_micros["parse"] < 500 and kb.batcher.items == items + 2  # nothing encoded
+    kb.phrase_vectors.clear()
     again = await stub.Search(request, metadata=auth())
     assert again.stage_micros["parse"] < 500 and kb.batcher.solo_runs == runs + 1
-    assert [r.entry.id for r in again.references] == [r.entry.id for r in first.references]
-    np.testing.assert_allclose(
-        [r.score.score for r in again.references], [r.score.score for r in first.references], atol=2e-3
-    )
+    for reply in (kept, again):
+        assert [r.entry.id for r in reply.references] == [r.entry.id for r in first.references]
+        np.testing.assert_allclose(
+            [r.score.score for r in reply.references], [r.score.score for r in first.references], atol=2e-3
+        )
+
+
+async def test_the_query_vector_is_the_mean_of_its_phrases(channel, server):
+    """The sentence vector of a query is the unit vector along the mean of its phrases' vectors (the product
+    first, when given); a phrase is encoded once and kept."""
+    from kdcvg.knowledge.base import entry_text, mean_direction
+
+    kb = server.kb
+    for seed, motion in enumerate(["rotate", "float"], 80):
+        video, creative = clip(seed, motions=[motion])
+        await ingest(knowledge_pb2_grpc.KnowledgeServiceStub(channel), video, creative)
+    phrases = ["sparkling water", "spins to show every angle", "ice-cold refreshment"]
+    result = await kb.search("alpha", phrases[1:], product=phrases[0], limit=2, ranking="cosine")
+    want = mean_direction(kb.encoder.encode(phrases))
+    top = result.references[0]
+    got = float(np.dot(want, kb.encoder.encode([entry_text(top.entry.caption, top.entry.selling_points)])[0]))
+    assert top.parts.total_similarity == pytest.approx(got, abs=2e-3)
+    assert set(kb.phrase_vectors.lookup(phrases)) == set(phrases)
+    np.testing.assert_allclose(np.linalg.norm(want), 1.0, atol=1e-6)
 
 
 async def test_ingest_parses_on_the_parser_thread(channel, server, monkeypatch):

@@ -258,6 +258,23 @@ def test_cache_encodes_each_distinct_string_once(embed):
     assert cache.embed(["dog"]).any()
 
 
+def test_cache_lookup_and_store_leave_the_encoding_to_the_caller(embed):
+    cache = UnitEmbeddingCache(embed, maxsize=2)
+    assert cache.lookup(["spin", "dog"]) == {}
+    rows = cache.store(["spin", "dog"], np.stack([embed.table["spin"], embed.table["dog"]]))
+    assert embed.calls == []  # store never encodes
+    found = cache.lookup(["dog", "spin", "slide"])
+    assert set(found) == {"spin", "dog"} and np.array_equal(found["dog"], rows["dog"])
+    assert not found["dog"].flags.writeable
+    cache.store(["slide"], embed.table["slide"][None])  # evicts the least recently used ("dog")
+    assert set(cache.lookup(["spin", "dog", "slide"])) == {"spin", "slide"}
+    with pytest.raises(ValueError, match="shape"):
+        cache.store(["a", "b"], np.zeros((1, 5), dtype=np.float32))
+    off = UnitEmbeddingCache(embed, maxsize=0)
+    off.store(["spin"], embed.table["spin"][None])
+    assert off.lookup(["spin"]) == {} and len(off) == 0
+
+
 def test_cache_is_thread_safe():
     calls: list[list[str]] = []
     lock = threading.Lock()

@@ -96,6 +96,7 @@ def build_knowledge_base(
         max_video_pixels=settings.max_video_pixels,
         max_search_limit=settings.max_search_limit,
         search_candidates=settings.search_candidates,
+        phrase_cache_size=settings.phrase_cache_size,
     )
     return KnowledgeBase(
         index=index,

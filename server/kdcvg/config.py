@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         description="vector-index candidates handed to the Search-T2V filters; 48 ranks as well as 100 "
         "(bench/retrieval_quality.py at 5k and 100k entries) in half the index and ranking time",
     )
+    phrase_cache_size: int = Field(
+        16384,
+        ge=0,
+        description="query phrases (selling points, products) whose vectors Search keeps, 1.5 KB each; a search "
+        "whose phrases are all kept runs no encoder; 0 keeps none",
+    )
 
     # Logs
     log_level: str = "INFO"

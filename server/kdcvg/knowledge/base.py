@@ -58,6 +58,7 @@ class Limits:
     max_video_pixels: int = 1280 * 720
     max_search_limit: int = 100
     search_candidates: int = 48  # see Settings.search_candidates
+    phrase_cache_size: int = 16384  # see Settings.phrase_cache_size
     max_labels: int = 32
     default_page_size: int = 100
     max_page_size: int = 1000
@@ -202,8 +203,31 @@ def entry_text(caption: str, selling_points: Sequence[str]) -> str:
     return ". ".join([caption.strip().rstrip("."), *[s.strip() for s in selling_points]])
 
 
-def query_text(product: str, selling_points: Sequence[str]) -> str:
-    return ". ".join([p for p in [product.strip()] if p] + [s.strip() for s in selling_points])
+def query_phrases(product: str, selling_points: Sequence[str]) -> list[str]:
+    """The phrases whose vectors make a query's sentence vector: the product (when given), then each point."""
+    return [p for p in [product.strip()] if p] + [s.strip() for s in selling_points]
+
+
+def mean_direction(vectors: np.ndarray) -> np.ndarray:
+    """The unit vector along the mean of ``vectors`` (n, dim): a query's sentence vector."""
+    mean = np.asarray(vectors, dtype=np.float32).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else mean
+
+
+@dataclass
+class _QueryVector:
+    """A query's phrases, the vectors of those already kept, and what is left to encode."""
+
+    phrases: list[str]
+    found: dict[str, np.ndarray]
+    missing: list[str]
+
+    def complete(self, cache: UnitEmbeddingCache, vectors: np.ndarray | None = None) -> np.ndarray:
+        if self.missing:
+            assert vectors is not None
+            self.found.update(cache.store(self.missing, vectors))
+        return mean_direction(np.stack([self.found[p] for p in self.phrases]))
 
 
 class KnowledgeBase:
@@ -232,6 +256,9 @@ class KnowledgeBase:
         # Candidates' units for ranking, in memory (see retrieval/unit_table.py); loaded in the background.
         self.units = UnitTable(encoder.encode, encoder.dim)
         self.unit_cache = UnitEmbeddingCache(encoder.encode, known=self.units.vectors)
+        # A query's sentence vector is the mean of its phrases' vectors, kept per phrase: an ad server sends
+        # the same selling points again and again, and a search whose phrases are all kept runs no encoder.
+        self.phrase_vectors = UnitEmbeddingCache(encoder.encode, maxsize=self.limits.phrase_cache_size)
         self._units_loader = threading.Thread(target=self._load_units, name="kdcvg-unit-table", daemon=True)
         self._units_loader.start()
         self._parser = ThreadPoolExecutor(1, thread_name_prefix="kdcvg-parse")  # the atomizer parses one at a time
@@ -484,21 +511,29 @@ class KnowledgeBase:
             parse = _ParseJob(self._parser, self._parse, points, stages)  # started once encoding starts
         else:
             stages["parse"] = int((time.perf_counter() - t0) * 1e6)
-        text = query_text(product, points)
         query = {"selling_points": points, "product": product, "category": category or "", "ranking": ranking}
+        t0 = time.perf_counter()
+        phrases = query_phrases(product, points)
+        found = self.phrase_vectors.lookup(phrases)
+        wanted = _QueryVector(phrases, found, [p for p in dict.fromkeys(phrases) if p not in found])
         # With the encoder idle, this search encodes in its own worker thread (one hand-off in all); else it
         # joins the next batch of concurrent searches.
-        claim = self.batcher.try_claim()
+        claim = self.batcher.try_claim() if wanted.missing else None
         self._searches += 1
         try:
-            vector: np.ndarray | tuple[Claim, str]
-            if claim is not None:
-                vector = (claim, text)  # encoded by _retrieve, in its thread, which also starts the parse
+            vector: np.ndarray | tuple[Claim, _QueryVector]
+            if not wanted.missing:  # no encoder at all
+                if parse is not None:
+                    parse.start()
+                vector = wanted.complete(self.phrase_vectors)
+                stages["encode"] = int((time.perf_counter() - t0) * 1e6)
+            elif claim is not None:
+                vector = (claim, wanted)  # encoded by _retrieve, in its thread, which also starts the parse
             else:
                 if parse is not None:
                     parse.start()
                 t0 = time.perf_counter()
-                vector = (await self.batcher.encode_many([text]))[0]
+                vector = wanted.complete(self.phrase_vectors, await self.batcher.encode_many(wanted.missing))
                 stages["encode"] = int((time.perf_counter() - t0) * 1e6)
             refs, units, n_candidates, retrieval_id = await asyncio.to_thread(
                 self._retrieve, tenant, vector, per_text, parse, category, limit, ranking, stages, query
@@ -523,7 +558,7 @@ class KnowledgeBase:
     def _retrieve(
         self,
         tenant: str,
-        vector: np.ndarray | tuple[Claim, str],
+        vector: np.ndarray | tuple[Claim, _QueryVector],
         per_text: list[list[SemanticUnit]] | None,
         parse: _ParseJob | None,
         category: str | None,
@@ -544,7 +579,9 @@ class KnowledgeBase:
             alone = parse is None and self._searches == 1
             t0 = time.perf_counter()
             ready = parse.start if parse is not None else None
-            vector = self.batcher.encode_claimed(vector[0], [vector[1]], alone=alone, ready=ready)[0]
+            claim, wanted = vector
+            vectors = self.batcher.encode_claimed(claim, wanted.missing, alone=alone, ready=ready)
+            vector = wanted.complete(self.phrase_vectors, vectors)
             stages["encode"] = int((time.perf_counter() - t0) * 1e6)
 
         refs, n_candidates = self._rank(tenant, vector, units, category, limit, ranking, stages)

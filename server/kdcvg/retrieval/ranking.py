@@ -233,6 +233,20 @@ class UnitEmbeddingCache:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
+        found = self.lookup(texts)
+        misses = [t for t in dict.fromkeys(texts) if t not in found]
+        if misses and self._known is not None:
+            elsewhere = self._known(misses)
+            found.update(elsewhere)
+            misses = [t for t in misses if t not in elsewhere]
+        if misses:
+            found.update(self.store(misses, self._embed(misses)))
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        return np.stack([found[t] for t in texts])
+
+    def lookup(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached rows among ``texts`` (marked recently used); never embeds anything."""
         found: dict[str, np.ndarray] = {}
         with self._lock:
             for t in dict.fromkeys(texts):
@@ -240,28 +254,25 @@ class UnitEmbeddingCache:
                 if row is not None:
                     self._rows.move_to_end(t)
                     found[t] = row
-            misses = [t for t in dict.fromkeys(texts) if t not in found]
-            self.hits += len(texts) - len(misses)
-            self.misses += len(misses)
-        if misses and self._known is not None:
-            elsewhere = self._known(misses)
-            found.update(elsewhere)
-            misses = [t for t in misses if t not in elsewhere]
-        if misses:
-            vecs = np.asarray(self._embed(misses), dtype=np.float32)
-            if vecs.ndim != 2 or vecs.shape[0] != len(misses):
-                raise ValueError(f"embed returned shape {vecs.shape} for {len(misses)} strings")
-            with self._lock:
-                self._dim = int(vecs.shape[1])
-                for t, v in zip(misses, vecs, strict=True):
-                    row = v.copy()
-                    row.setflags(write=False)
-                    found[t] = self._rows[t] = row
-                while len(self._rows) > self.maxsize:
-                    self._rows.popitem(last=False)
-        if not texts:
-            return np.zeros((0, self._dim or 0), dtype=np.float32)
-        return np.stack([found[t] for t in texts])
+            self.hits += sum(1 for t in texts if t in found)
+            self.misses += sum(1 for t in texts if t not in found)
+        return found
+
+    def store(self, texts: Sequence[str], vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """Caches ``vectors`` (one row per text, embedded elsewhere); returns them by text, read-only."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != len(texts):
+            raise ValueError(f"embed returned shape {vecs.shape} for {len(texts)} strings")
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            self._dim = int(vecs.shape[1])
+            for t, v in zip(texts, vecs, strict=True):
+                row = v.copy()
+                row.setflags(write=False)
+                out[t] = self._rows[t] = row
+            while len(self._rows) > self.maxsize:
+                self._rows.popitem(last=False)
+        return out
 
     def clear(self) -> None:
         with self._lock:
