@@ -10,7 +10,14 @@ from test_atomizer import EVERYTHING
 from thinc.api import Linear, NumpyOps, chain
 
 from kdcvg.data.creatives import describe, sample_spec
-from kdcvg.text.fast_spacy import OrtTok2Vec, RuleMatcher, Tok2VecForward, TorchGemmOps, accelerate
+from kdcvg.text.fast_spacy import (
+    CachedLemmatizer,
+    OrtTok2Vec,
+    RuleMatcher,
+    Tok2VecForward,
+    TorchGemmOps,
+    accelerate,
+)
 
 
 def _load():
@@ -34,6 +41,8 @@ def _ad_texts() -> list[str]:
     # The atomizer's fallback templates, the odd inputs, a long text and several sentences.
     texts += [f"It {t}." for t in texts[:60]] + [f"The {t}." for t in texts[:60]]
     texts += ["", "   ", "!!!", "50%", "SPINS TO SHOW EVERY ANGLE", "Spins. Then it zooms in on the label!"]
+    # Rules of the attribute ruler that span tokens or set lemmas themselves (the lemmatizer keeps those).
+    texts += ["I'm gonna get it, y'all", "Let's go! It ain't nothin' but a deal", "There's a lid.", "Whatcha doin'?"]
     texts.append(" ".join(["the bottle spins and the lid pops open"] * 12))
     return list(dict.fromkeys(texts))
 
@@ -112,6 +121,33 @@ def test_rule_matcher_finds_what_spacys_matcher_finds(pipelines):
         other = AttributeRuler(plain.vocab)
         other.add([[{"LEMMA": "be"}]], {"POS": "AUX"})
         RuleMatcher(other)
+
+
+def test_the_cached_lemmatizer_gives_spacys_lemmas_on_repeated_and_fresh_words(pipelines):
+    plain, fast = pipelines
+    lemmatizer = fast.get_pipe("lemmatizer")
+    assert isinstance(lemmatizer._kdcvg_fast, CachedLemmatizer)
+    texts = _ad_texts()
+    want = [[t.lemma_ for t in d] for d in plain.pipe(texts)]
+    for _ in range(2):  # the second pass is answered from the cache
+        assert [[t.lemma_ for t in d] for d in fast.pipe(texts)] == want
+    # A word first seen with one tag and then with another keeps both answers apart.
+    assert [t.lemma_ for t in fast("The spins were fast. It spins.")] == [
+        t.lemma_ for t in plain("The spins were fast. It spins.")
+    ]
+
+
+def test_the_cached_lemmatizer_bounds_its_cache_and_declines_lookup_mode(pipelines):
+    plain, _ = pipelines
+    small = CachedLemmatizer(plain.get_pipe("lemmatizer"), maxsize=3)
+    doc = plain("A glass bottle spins slowly on a marble table.", disable=["lemmatizer"])
+    want = [plain.get_pipe("lemmatizer").lemmatize(t)[0] for t in doc]
+    assert [t.lemma_ for t in small(doc)] == want
+    assert len(small._cache) <= 3
+    from spacy.pipeline import Lemmatizer
+
+    with pytest.raises(ValueError, match="lookup lemmatizer"):
+        CachedLemmatizer(Lemmatizer(plain.vocab, model=None, mode="lookup"))
 
 
 def test_accelerate_is_idempotent_and_declines_other_pipelines(pipelines):

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from spacy.attrs import intify_attr
 from spacy.language import Language
-from spacy.tokens import Doc, Token
+from spacy.strings import get_string_id
+from spacy.tokens import Doc
 from thinc.api import Model, NumpyOps
 
 log = logging.getLogger("kdcvg.text")
@@ -246,21 +247,19 @@ def _tok2vec_graph(forward: Tok2VecForward):  # noqa: ANN202 - onnx.ModelProto
 class RuleMatcher:
     """The AttributeRuler's matching (its Matcher) for rules whose token patterns test TAG, LOWER, DEP or
     IS_SPACE by equality, IN, NOT_IN or REGEX, which covers every rule of en_core_web_sm. The Matcher tries
-    every rule at every token; here a rule is found through its first token's value.
+    every rule at every token; here a rule is found through its first token's value, and tokens are read
+    as one array of string ids (no Token objects).
 
     Used as ``AttributeRuler.match``: the same matches, in the same order (by rule number)."""
 
-    _GETTERS = {
-        "TAG": lambda t: t.tag_,
-        "LOWER": lambda t: t.lower_,
-        "DEP": lambda t: t.dep_,
-        "IS_SPACE": lambda t: t.is_space,
-    }
-    _INDEXED = ("LOWER", "TAG", "DEP", "IS_SPACE")  # a rule is filed under the first of these it pins down
+    _COLUMNS = ("TAG", "LOWER", "DEP", "IS_SPACE")
+    _FILING = ("LOWER", "TAG", "DEP", "IS_SPACE")  # a rule is filed under the first of these it pins down
 
     def __init__(self, ruler) -> None:  # noqa: ANN001 - spacy.pipeline.AttributeRuler
-        self._label = [ruler.vocab.strings.add(str(i)) for i in range(len(ruler.attrs))]
-        self._index: dict[tuple[str, object], list[tuple[int, list]]] = {}
+        self._strings = ruler.vocab.strings
+        self._ids = [intify_attr(c) for c in self._COLUMNS]
+        self._label = [self._strings.add(str(i)) for i in range(len(ruler.attrs))]
+        self._index: dict[tuple[int, int], list[tuple[int, list]]] = {}
         self._anywhere: list[tuple[int, list]] = []  # rules whose first token pins nothing down (REGEX...)
         for i, rule in enumerate(ruler.patterns):
             for pattern in rule["patterns"]:
@@ -272,40 +271,49 @@ class RuleMatcher:
                     self._anywhere.append((i, spec))
                 for key in keys or ():
                     self._index.setdefault(key, []).append((i, spec))
-        self._attrs = [a for a in self._INDEXED if any(k[0] == a for k in self._index)]
+        self._columns = sorted({column for column, _ in self._index})
+        self._text: dict[int, str] = {}  # string id -> string, for REGEX conditions
+        self._first: dict[tuple[int, ...], list[tuple[int, list]]] = {}
 
     @classmethod
-    def _keys(cls, token: dict) -> list[tuple[str, object]] | None:
-        for attr in cls._INDEXED:
+    def _keys(cls, token: dict) -> list[tuple[int, int]] | None:
+        for attr in cls._FILING:
+            column = cls._COLUMNS.index(attr)
             value = token.get(attr)
             if value is None:
                 continue
             if not isinstance(value, dict):
-                return [(attr, value)]
+                return [(column, cls._id(value))]
             if set(value) == {"IN"}:
-                return [(attr, v) for v in value["IN"]]
+                return [(column, cls._id(v)) for v in value["IN"]]
         return None
+
+    @staticmethod
+    def _id(value: object) -> int:
+        """A pattern value as the token array holds it: a string's id, a flag's 0 / 1."""
+        return int(value) if isinstance(value, bool) else get_string_id(value)
 
     @classmethod
     def _condition(cls, attr: str, value: object) -> tuple:
-        if attr not in cls._GETTERS:
+        if attr not in cls._COLUMNS:
             raise ValueError(f"a pattern tests {attr}")
-        get = cls._GETTERS[attr]
+        column = cls._COLUMNS.index(attr)
         if not isinstance(value, dict):
-            return (get, "==", value)
+            return (column, "==", cls._id(value))
         if len(value) != 1:
             raise ValueError(f"a pattern combines {sorted(value)}")
         op, arg = next(iter(value.items()))
         if op in ("IN", "NOT_IN"):
-            return (get, op, frozenset(arg))
+            return (column, op, frozenset(cls._id(v) for v in arg))
         if op == "REGEX":
-            return (get, op, re.compile(arg))
+            if attr == "IS_SPACE":
+                raise ValueError("a pattern tests IS_SPACE by REGEX")
+            return (column, op, re.compile(arg))
         raise ValueError(f"a pattern uses {op}")
 
-    @staticmethod
-    def _holds(token: Token, conditions: list[tuple]) -> bool:
-        for get, op, want in conditions:
-            value = get(token)
+    def _holds(self, row: tuple[int, ...], conditions: list[tuple]) -> bool:
+        for column, op, want in conditions:
+            value = row[column]
             if op == "==":
                 ok = value == want
             elif op == "IN":
@@ -313,21 +321,81 @@ class RuleMatcher:
             elif op == "NOT_IN":
                 ok = value not in want
             else:
-                ok = want.search(value) is not None
+                text = self._text.get(value)
+                if text is None:
+                    text = self._text[value] = self._strings[value]
+                ok = want.search(text) is not None
             if not ok:
                 return False
         return True
 
+    def _starting(self, row: tuple[int, ...]) -> list[tuple[int, list]]:
+        """The rules whose first token ``row`` satisfies (memoised: it depends on the row alone)."""
+        found = self._first.get(row)
+        if found is None:
+            candidates = [r for column in self._columns for r in self._index.get((column, row[column]), ())]
+            found = [(rule, spec) for rule, spec in candidates + self._anywhere if self._holds(row, spec[0])]
+            if len(self._first) >= 100_000:
+                self._first.clear()
+            self._first[row] = found
+        return found
+
     def __call__(self, doc: Doc) -> list[tuple[int, int, int, int]]:
+        rows = [tuple(r) for r in doc.to_array(self._ids).reshape(len(doc), len(self._ids)).tolist()]
         found = set()
-        n = len(doc)
-        for start, token in enumerate(doc):
-            candidates = [r for attr in self._attrs for r in self._index.get((attr, self._GETTERS[attr](token)), ())]
-            for rule, spec in candidates + self._anywhere:
+        n = len(rows)
+        holds = self._holds
+        for start, row in enumerate(rows):
+            for rule, spec in self._starting(row):
                 end = start + len(spec)
-                if end <= n and all(self._holds(doc[start + k], conds) for k, conds in enumerate(spec)):
+                if end <= n and all(holds(rows[start + k], spec[k]) for k in range(1, len(spec))):
                     found.add((rule, self._label[rule], start, end))
         return sorted(found)
+
+
+class CachedLemmatizer:
+    """spaCy's rule lemmatizer with every answer kept by (word, POS, morphology), which is all a rule
+    lemma depends on. spaCy keeps only the answers of its slowest path and runs the rest per token
+    (a third of a short phrase's lemmatizing); this also reads and writes the tokens as arrays.
+
+    Used as the lemmatizer component's ``__call__`` replacement; ``lemmatizer.lemmatize`` still decides."""
+
+    def __init__(self, lemmatizer, maxsize: int = 200_000) -> None:  # noqa: ANN001 - spacy Lemmatizer
+        if lemmatizer.mode != "rule":
+            raise ValueError(f"a {lemmatizer.mode} lemmatizer")
+        self._lemmatizer = lemmatizer
+        self._strings = lemmatizer.vocab.strings
+        self._cache: dict[tuple[int, int, int], int] = {}
+        self._maxsize = maxsize
+        self._columns = [intify_attr(c) for c in ("ORTH", "POS", "MORPH", "LEMMA")]
+
+    def __call__(self, doc: Doc) -> Doc:
+        if not len(doc):
+            return doc
+        arr = doc.to_array(self._columns)
+        lemmas = arr[:, 3].copy()
+        overwrite = self._lemmatizer.overwrite
+        cache = self._cache
+        changed = False
+        for i, (orth, pos, morph, lemma) in enumerate(arr.tolist()):
+            if lemma and not overwrite:
+                continue
+            key = (orth, pos, morph)
+            found = cache.get(key)
+            if found is None:
+                found = self._strings.add(self._lemmatizer.lemmatize(doc[i])[0])
+                if len(cache) >= self._maxsize:
+                    cache.clear()
+                cache[key] = found
+            if found != lemma:
+                lemmas[i] = found
+                changed = True
+        if changed:
+            doc.from_array([self._columns[3]], lemmas.reshape(-1, 1))
+        return doc
+
+    def clear(self) -> None:
+        self._cache.clear()
 
 
 def accelerate(nlp: Language) -> bool:
@@ -367,6 +435,8 @@ def accelerate(nlp: Language) -> bool:
     tok2vec.predict = candidate  # the component's own predict is looked up per call
     if "attribute_ruler" in nlp.pipe_names:
         _speed_up_ruler(nlp, probes)
+    if "lemmatizer" in nlp.pipe_names:
+        _speed_up_lemmatizer(nlp)
     ops = TorchGemmOps()
     for name, proc in nlp.pipeline:
         model = getattr(proc, "model", None)
@@ -391,6 +461,29 @@ def _speed_up_ruler(nlp: Language, probes: list[Doc]) -> None:
     ruler.match = matcher
 
 
+def _speed_up_lemmatizer(nlp: Language) -> None:
+    lemmatizer = nlp.get_pipe("lemmatizer")
+    try:
+        fast = CachedLemmatizer(lemmatizer)
+    except ValueError as exc:
+        log.info("lemmatizer left as it is", extra={"reason": str(exc)})
+        return
+    for doc in nlp.pipe(_PROBES, disable=["lemmatizer"]):
+        want = [lemmatizer.lemmatize(t)[0] if (lemmatizer.overwrite or not t.lemma) else t.lemma_ for t in doc]
+        if [t.lemma_ for t in fast(doc)] != want:
+            log.warning("cached lemmatizer disagrees with spaCy's; not installed")
+            return
+    fast.clear()
+    # A component is called through its type (Language runs `proc(doc)`), so the instance gets a subclass
+    # whose __call__ is the cached one; everything else about the component stays spaCy's.
+    lemmatizer._kdcvg_fast = fast
+    lemmatizer.__class__ = type(f"Cached{type(lemmatizer).__name__}", (type(lemmatizer),), {"__call__": _cached_call})
+
+
+def _cached_call(self, doc: Doc) -> Doc:  # noqa: ANN001
+    return self._kdcvg_fast(doc)
+
+
 def _fits(out: np.ndarray | None) -> bool:
     return out is None or (out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable)
 
@@ -400,4 +493,4 @@ def _writable(a: np.ndarray) -> np.ndarray:
     return a if a.flags.writeable else np.array(a)
 
 
-__all__ = ["OrtTok2Vec", "RuleMatcher", "Tok2VecForward", "TorchGemmOps", "accelerate"]
+__all__ = ["CachedLemmatizer", "OrtTok2Vec", "RuleMatcher", "Tok2VecForward", "TorchGemmOps", "accelerate"]
