@@ -311,6 +311,34 @@ def test_a_fragment_with_a_guessed_template_takes_one_spacy_batch(atomizer: Atom
     assert batches[True] == [["zooms out to show the whole box", "It zooms out to show the whole box."]]
 
 
+def test_openers_that_parsed_soundly_skip_the_guess_and_change_no_result(atomizer: Atomizer):
+    texts = _ad_copy()
+    want = [Atomizer(nlp=atomizer.nlp, guess=False).atomize(t) for t in texts]
+    for order in (texts, list(reversed(texts))):
+        learning = Atomizer(nlp=atomizer.nlp, guess=True)  # one instance: it learns as it goes
+        got = {t: learning.atomize(t) for t in order}
+        assert [got[t] for t in texts] == want
+        assert learning._openers  # it did learn
+
+    at = Atomizer(nlp=atomizer.nlp, guess=True)
+    calls: list[list[str]] = []
+    real = at._pipe
+    at._pipe = lambda texts: calls.append(list(texts)) or real(texts)
+    at.atomize("rotates for a full view of the mug")  # sound as given: its template was parsed for nothing
+    assert calls == [["rotates for a full view of the mug", "It rotates for a full view of the mug."]]
+    calls.clear()
+    assert core(at.atomize("rotates for a full view of the lamp")).motion == "rotate"
+    assert calls == [["rotates for a full view of the lamp"]]  # no guess this time
+    # An opener whose fragment needs its template after all: a second round, and the guess is back.
+    at._openers["zooms"] = True
+    calls.clear()
+    assert core(at.atomize("zooms out to show the whole box")).motion == "zoom out"
+    assert calls == [["zooms out to show the whole box"], ["It zooms out to show the whole box."]]
+    calls.clear()
+    at.atomize("zooms out to show the whole lamp")
+    assert calls == [["zooms out to show the whole lamp", "It zooms out to show the whole lamp."]]
+
+
 def test_left_as_a_verb_stays_a_verb(atomizer: Atomizer):
     """The repair of misread directions leaves "left" alone where it is the verb."""
     assert core(atomizer.atomize("the bottle was left on the table")).motion == "leave"

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -139,6 +139,7 @@ _FRAMING = re.compile(
 _TRAILING = ".!?;:,"
 _QUOTES = "\"'\u201c\u201d\u2018\u2019"
 _SENTENCE_END = frozenset(".!?;")
+_MAX_OPENERS = 50_000  # opening words remembered for the template guess
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,10 @@ class Atomizer:
         self._cache_lock = threading.Lock()  # held for dict operations only, microseconds
         self._cache: OrderedDict[str, tuple[SemanticUnit, ...]] = OrderedDict()
         self._cache_size = cache_size
+        # Opening word of a fragment -> whether the last fragment it opened parsed soundly as given. Ad copy
+        # repeats its openings ("rotates for a full view of the ..."), and for those the guessed template
+        # would be parsed for nothing. Only the guess reads this, so it changes no result, only speed.
+        self._openers: dict[str, bool] = {}
 
     # --- public ----------------------------------------------------------------------------------------
 
@@ -371,15 +376,31 @@ class Atomizer:
         prepared = dict(zip(guesses, docs[len(texts) :], strict=True))
         # Sentences go through the fallbacks one by one: a caption's first sentence may be a fragment.
         items = [(i, text, doc) for i, d in enumerate(docs[: len(texts)]) for text, doc in _sentences(d)]
-        per_item = self._atomize_sentences([(text, doc) for _, text, doc in items], prepared)
+        as_given: list[bool] = []
+        per_item = self._atomize_sentences([(text, doc) for _, text, doc in items], prepared, as_given)
         grouped: list[list[list[SemanticUnit]]] = [[] for _ in texts]
         for (i, _, _), units in zip(items, per_item, strict=True):
             grouped[i].append(units)
+        if self.guess:
+            self._learn_openers(texts, items, as_given)
         return [_merge(g) for g in grouped]
 
+    def _learn_openers(self, texts: list[str], items: list[tuple[int, str, Doc]], as_given: list[bool]) -> None:
+        sentences = Counter(i for i, _, _ in items)
+        for (i, _, _), sound in zip(items, as_given, strict=True):
+            opener = _opener(texts[i])
+            if opener is not None and sentences[i] == 1:
+                if len(self._openers) >= _MAX_OPENERS:
+                    self._openers.clear()
+                self._openers[opener] = sound
+
     def _atomize_sentences(
-        self, sentences: list[tuple[str, Doc]], prepared: dict[str, Doc] | None = None
+        self,
+        sentences: list[tuple[str, Doc]],
+        prepared: dict[str, Doc] | None = None,
+        as_given: list[bool] | None = None,
     ) -> list[list[SemanticUnit]]:
+        """Units per sentence; ``as_given`` (if passed) gets, per sentence, whether its own parse served."""
         result: list[list[SemanticUnit]] = [[] for _ in sentences]
         pending: dict[int, list[_Candidate]] = {}
         for i, (text, doc) in enumerate(sentences):
@@ -388,6 +409,8 @@ class Atomizer:
                 result[i] = units
             else:
                 pending[i] = self._templates(text, doc)
+        if as_given is not None:
+            as_given[:] = [i not in pending for i in range(len(sentences))]
         # One batched parse per fallback round, so atomize_many stays batched on the slow path too.
         prepared = dict(prepared or {})
         while pending:
@@ -414,11 +437,12 @@ class Atomizer:
 
     def _likely_template(self, text: str) -> str | None:
         """The text of the first fallback candidate ``_templates`` will probably make for a one-sentence
-        ``text``, guessed from its words alone (the real choice reads the parse)."""
-        phrase = text.rstrip(_TRAILING).strip()
-        if not phrase or any(ch in _SENTENCE_END for ch in phrase):
+        ``text``, guessed from its words alone (the real choice reads the parse); None when its opening
+        word's last fragment parsed soundly as given."""
+        low = _opener(text)
+        if low is None or self._openers.get(low):  # its opener's last fragment needed no template
             return None
-        low = phrase.partition(" ")[0].lower()
+        phrase = text.rstrip(_TRAILING).strip()
         if low.endswith("s") and self._verb_lemma(low) not in (None, low):  # "spins ...", "zooms out ..."
             return _it_sentence(phrase)
         if low in _DETERMINERS or low[:1].isdigit():
@@ -734,6 +758,14 @@ class Atomizer:
 
 
 # The fallback templates (see the module docstring), shared by _templates and the guess ahead of the parse.
+def _opener(text: str) -> str | None:
+    """A one-sentence fragment's first word, lowercased; None for anything else (no template is guessed)."""
+    phrase = text.rstrip(_TRAILING).strip()
+    if not phrase or any(ch in _SENTENCE_END for ch in phrase):
+        return None
+    return phrase.partition(" ")[0].lower()
+
+
 def _it_sentence(phrase: str) -> str:
     """'It {phrase}.' for a verb-first phrase; the placeholder 'It' maps back to an empty actor."""
     first, _, rest = phrase.partition(" ")
