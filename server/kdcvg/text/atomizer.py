@@ -757,7 +757,6 @@ class Atomizer:
         )
 
 
-# The fallback templates (see the module docstring), shared by _templates and the guess ahead of the parse.
 def _opener(text: str) -> str | None:
     """A one-sentence fragment's first word, lowercased; None for anything else (no template is guessed)."""
     phrase = text.rstrip(_TRAILING).strip()
@@ -766,6 +765,7 @@ def _opener(text: str) -> str | None:
     return phrase.partition(" ")[0].lower()
 
 
+# The fallback templates (see the module docstring), shared by _templates and the guess ahead of the parse.
 def _it_sentence(phrase: str) -> str:
     """'It {phrase}.' for a verb-first phrase; the placeholder 'It' maps back to an empty actor."""
     first, _, rest = phrase.partition(" ")
