@@ -3,14 +3,16 @@
 A selling point is 3-10 tokens. At that size spaCy's cost is not arithmetic but the way it is done: thinc
 runs the tok2vec as ~70 nested layer calls, and its BLIS products with 8-30 rows are slow (a 15 x 288 by
 288 x 288 product takes 56 us in BLIS and 16 us in PyTorch's CPU GEMM). ``accelerate`` keeps spaCy's
-pipeline and weights and changes three things:
+pipeline and weights and changes four things:
 
 - the tok2vec (hash embeddings -> maxout -> layer norm -> 4 residual window layers) is computed after
   spaCy's own hashing as one ONNX Runtime graph (``OrtTok2Vec``), or, where that cannot run, by one numpy
   function that makes the same thinc calls in the same order (``Tok2VecForward``), without the layer
   wrappers either way;
 - float32 matrix products of the tagger and parser layers (and of the numpy tok2vec) go through ``torch.mm``;
-- the attribute ruler finds its rules through a dict instead of running its Matcher over every rule.
+- the attribute ruler finds its rules through a dict keyed by token values read as one array, instead of
+  running its Matcher over every rule at every token (``RuleMatcher``);
+- the rule lemmatizer keeps every answer by (word, POS, morphology) (``CachedLemmatizer``).
 
 The products round differently in the last bits (tok2vec outputs differ by ~1e-6), so ``accelerate``
 checks its own output against spaCy's on probe sentences and installs nothing when they disagree (another
